@@ -1,0 +1,1 @@
+"""ntk (placeholder; see README)."""

@@ -1,0 +1,1 @@
+"""paca_jax (placeholder; see README)."""

@@ -1,0 +1,1 @@
+"""recoder (placeholder; see README)."""
