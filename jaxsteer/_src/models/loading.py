@@ -1,0 +1,291 @@
+"""Checkpoint loading: Hugging Face safetensors directories, hub ids, llama2.c ``.bin`` files.
+
+Parameters are produced as lazily sliced numpy views; with a mesh each device reads only its own
+shard (``jax.make_array_from_callback``), so the full model is never materialised on one device.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import struct
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxsteer._src.models.config import ModelConfig
+from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
+
+# --------------------------------------------------------------------------------------------
+# Sharding: one logical-axis rule table.
+
+# Logical axes of every parameter, by regex over its '/'-joined path (first match wins).
+PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+  (r"^embed/embedding$", ("vocab", "embed")),
+  (r"^wpe/embedding$", (None, "embed")),
+  (r"/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
+  (r"/(q_proj|k_proj|v_proj)/bias$", ("heads",)),
+  (r"/o_proj/kernel$", ("heads", "embed")),
+  (r"/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
+  (r"/(gate_proj|up_proj)/bias$", ("mlp",)),
+  (r"/down_proj/kernel$", ("mlp", "embed")),
+  (r"^lm_head/kernel$", ("embed", "vocab")),
+  (r".*", ()),  # norms and remaining biases: replicated
+)
+
+# Logical axis -> mesh axis. Mesh axes missing from a mesh, or not dividing a dimension, replicate.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("batch", "data"),
+)
+
+
+def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
+  for pattern, axes in PARAM_LOGICAL_AXES:
+    if re.search(pattern, path):
+      return tuple(axes) + (None,) * (ndim - len(axes)) if len(axes) <= ndim else (None,) * ndim
+  raise AssertionError("unreachable")
+
+
+def partition_spec(path: str, shape, mesh, rules=DEFAULT_RULES) -> PartitionSpec:
+  table = dict(rules)
+  spec = []
+  for dim, name in zip(shape, logical_axes(path, len(shape))):
+    axis = table.get(name) if name else None
+    if axis is None or axis not in mesh.shape or dim % mesh.shape[axis]:
+      axis = None
+    spec.append(axis if axis not in spec else None)
+  return PartitionSpec(*spec)
+
+
+def param_shardings(params, mesh, rules=DEFAULT_RULES):
+  """``NamedSharding`` for every leaf of a parameter tree, from the rule table."""
+  flat = traverse_util.flatten_dict(params, sep="/")
+  out = {
+    k: NamedSharding(mesh, partition_spec(k, np.shape(v), mesh, rules)) for k, v in flat.items()
+  }
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+def place(arrays: dict[str, np.ndarray], dtype, mesh=None, rules=DEFAULT_RULES):
+  """Turns a flat ``{path: numpy view}`` into a parameter tree of jax arrays.
+
+  With a mesh, each device's shard is read from the (memory-mapped) view by itself.
+  """
+  out = {}
+  for path, view in arrays.items():
+    target = np.dtype(dtype) if dtype is not None else view.dtype
+    if mesh is None:
+      out[path] = jnp.asarray(np.asarray(view, dtype=target))
+    else:
+      sharding = NamedSharding(mesh, partition_spec(path, view.shape, mesh, rules))
+      out[path] = jax.make_array_from_callback(
+        view.shape, sharding, lambda idx, v=view, t=target: np.asarray(v[idx], dtype=t)
+      )
+  return traverse_util.unflatten_dict(out, sep="/")
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face layout -> Flax layout (lazy numpy views).
+
+
+def hf_arrays(ckpt: SafetensorsCheckpoint, cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """Maps HF tensor names to Flax parameter paths; kernels become ``(in, out)`` views."""
+  if cfg.is_gpt2:
+    return _gpt2_arrays(ckpt, cfg)
+  out: dict[str, np.ndarray] = {}
+  need = _need(ckpt)
+  out["embed/embedding"] = need("model.embed_tokens.weight")
+  for i in range(cfg.num_layers):
+    p, q = f"model.layers.{i}.", f"layers_{i}/"
+    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+      out[f"{q}attn/{proj}/kernel"] = need(f"{p}self_attn.{proj}.weight").T
+      if cfg.attention_bias and proj != "o_proj":
+        out[f"{q}attn/{proj}/bias"] = need(f"{p}self_attn.{proj}.bias")
+    for proj in ("gate_proj", "up_proj", "down_proj"):
+      out[f"{q}mlp/{proj}/kernel"] = need(f"{p}mlp.{proj}.weight").T
+      if cfg.mlp_bias:
+        out[f"{q}mlp/{proj}/bias"] = need(f"{p}mlp.{proj}.bias")
+    out[f"{q}input_norm/scale"] = need(f"{p}input_layernorm.weight")
+    out[f"{q}post_attention_norm/scale"] = need(f"{p}post_attention_layernorm.weight")
+  out["norm/scale"] = need("model.norm.weight")
+  if not cfg.tie_word_embeddings:
+    out["lm_head/kernel"] = need("lm_head.weight").T
+  _check_shapes(out, cfg)
+  return out
+
+
+def _need(ckpt):
+  def get(name):
+    if name not in ckpt:
+      raise ValueError(f"checkpoint lacks tensor {name!r}")
+    return ckpt[name]
+
+  return get
+
+
+def _gpt2_arrays(ckpt, cfg):
+  prefix = "transformer." if "transformer.wte.weight" in ckpt else ""
+  need = _need(ckpt)
+  d = cfg.hidden_size
+  out = {
+    "embed/embedding": need(f"{prefix}wte.weight"),
+    "wpe/embedding": need(f"{prefix}wpe.weight"),
+  }
+  for i in range(cfg.num_layers):
+    p, q = f"{prefix}h.{i}.", f"layers_{i}/"
+    w = need(f"{p}attn.c_attn.weight")  # Conv1D: (in, 3 * out) already
+    b = need(f"{p}attn.c_attn.bias")
+    for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+      out[f"{q}attn/{proj}/kernel"] = w[:, j * d : (j + 1) * d]
+      out[f"{q}attn/{proj}/bias"] = b[j * d : (j + 1) * d]
+    out[f"{q}attn/o_proj/kernel"] = need(f"{p}attn.c_proj.weight")
+    out[f"{q}attn/o_proj/bias"] = need(f"{p}attn.c_proj.bias")
+    out[f"{q}mlp/up_proj/kernel"] = need(f"{p}mlp.c_fc.weight")
+    out[f"{q}mlp/up_proj/bias"] = need(f"{p}mlp.c_fc.bias")
+    out[f"{q}mlp/down_proj/kernel"] = need(f"{p}mlp.c_proj.weight")
+    out[f"{q}mlp/down_proj/bias"] = need(f"{p}mlp.c_proj.bias")
+    for src, dst in (("ln_1", "input_norm"), ("ln_2", "post_attention_norm")):
+      out[f"{q}{dst}/scale"] = need(f"{p}{src}.weight")
+      out[f"{q}{dst}/bias"] = need(f"{p}{src}.bias")
+  out["norm/scale"] = need(f"{prefix}ln_f.weight")
+  out["norm/bias"] = need(f"{prefix}ln_f.bias")
+  if not cfg.tie_word_embeddings:
+    out["lm_head/kernel"] = need("lm_head.weight").T
+  _check_shapes(out, cfg)
+  return out
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """The Flax parameter shapes of a config (without initialising anything)."""
+  from jaxsteer._src.models.modules import CausalLM
+
+  ids = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda x: CausalLM(cfg).init(jax.random.PRNGKey(0), x), ids)
+  flat = traverse_util.flatten_dict(shapes["params"], sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def _check_shapes(arrays, cfg):
+  want = expected_shapes(cfg)
+  missing = sorted(set(want) - set(arrays))
+  if missing:
+    raise ValueError(f"checkpoint lacks parameters: {', '.join(missing[:5])}")
+  for k, shape in want.items():
+    if tuple(arrays[k].shape) != shape:
+      raise ValueError(
+        f"parameter {k} has shape {tuple(arrays[k].shape)} in the checkpoint, "
+        f"but the config implies {shape}"
+      )
+
+
+# --------------------------------------------------------------------------------------------
+# llama2.c legacy (version 0) checkpoints.
+
+_PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")
+
+
+def refuse_pickle(path: pathlib.Path) -> None:
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if head.startswith(_PICKLE_MAGICS):
+    raise ValueError(
+      f"{path} is a pickle (PyTorch) checkpoint; jaxsteer refuses to unpickle files because that "
+      "runs arbitrary code. Use a safetensors export or a llama2.c legacy .bin export."
+    )
+
+
+def read_llama2c(path: str | pathlib.Path) -> tuple[ModelConfig, dict[str, np.ndarray]]:
+  """Reads a llama2.c legacy ``.bin`` checkpoint into a config and Flax-layout numpy arrays.
+
+  llama2.c rotates adjacent pairs (2i, 2i+1) of each head; our RoPE uses HF's ``rotate_half``
+  layout, so the rows of ``wq`` and ``wk`` are permuted within each head (the same permutation
+  HF's conversion script applies), which leaves every attention score unchanged.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"missing llama2.c checkpoint: {path}")
+  refuse_pickle(path)
+  size = path.stat().st_size
+  if size < 28:
+    raise ValueError(f"corrupt llama2.c checkpoint {path}: shorter than its 28-byte header")
+  with open(path, "rb") as f:
+    dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", f.read(28))
+  shared = vocab > 0
+  vocab = abs(vocab)
+  if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) <= 0 or dim % n_heads:
+    raise ValueError(
+      f"corrupt llama2.c checkpoint {path}: implausible header "
+      f"(dim={dim}, hidden={hidden}, layers={n_layers}, heads={n_heads}, kv_heads={n_kv}, "
+      f"vocab={vocab}, seq_len={seq_len})"
+    )
+  hd = dim // n_heads
+  kv_dim = n_kv * hd
+  layout = [
+    ("emb", (vocab, dim)),
+    ("rms_att", (n_layers, dim)),
+    ("wq", (n_layers, dim, dim)),
+    ("wk", (n_layers, kv_dim, dim)),
+    ("wv", (n_layers, kv_dim, dim)),
+    ("wo", (n_layers, dim, dim)),
+    ("rms_ffn", (n_layers, dim)),
+    ("w1", (n_layers, hidden, dim)),
+    ("w2", (n_layers, dim, hidden)),
+    ("w3", (n_layers, hidden, dim)),
+    ("rms_final", (dim,)),
+    ("freq_cis", (seq_len, hd)),  # real and imaginary halves, unused
+  ]
+  if not shared:
+    layout.append(("wcls", (vocab, dim)))
+  n_floats = sum(int(np.prod(s)) for _, s in layout)
+  if size != 28 + 4 * n_floats:
+    raise ValueError(
+      f"corrupt llama2.c checkpoint {path}: the header implies {28 + 4 * n_floats} bytes, "
+      f"the file has {size} (truncated or not a llama2.c legacy export)"
+    )
+  mm = np.memmap(path, dtype="<f4", mode="r", offset=28)
+  t, off = {}, 0
+  for name, shape in layout:
+    n = int(np.prod(shape))
+    t[name] = mm[off : off + n].reshape(shape)
+    off += n
+
+  def rope_perm(w, heads):  # (out, in) -> same, rotate_half row order within each head
+    return w.reshape(heads, hd // 2, 2, dim).transpose(0, 2, 1, 3).reshape(heads * hd, dim)
+
+  cfg = ModelConfig(
+    arch="llama",
+    vocab_size=vocab,
+    hidden_size=dim,
+    intermediate_size=hidden,
+    num_layers=n_layers,
+    num_heads=n_heads,
+    num_kv_heads=n_kv,
+    head_dim=hd,
+    max_position_embeddings=seq_len,
+    norm_eps=1e-5,
+    tie_word_embeddings=shared,
+    bos_token_id=1,
+    eos_token_id=2,
+  )
+  out = {"embed/embedding": t["emb"], "norm/scale": t["rms_final"]}
+  for i in range(n_layers):
+    q = f"layers_{i}/"
+    out[q + "attn/q_proj/kernel"] = rope_perm(t["wq"][i], n_heads).T
+    out[q + "attn/k_proj/kernel"] = rope_perm(t["wk"][i], n_kv).T
+    out[q + "attn/v_proj/kernel"] = t["wv"][i].T
+    out[q + "attn/o_proj/kernel"] = t["wo"][i].T
+    out[q + "mlp/gate_proj/kernel"] = t["w1"][i].T
+    out[q + "mlp/down_proj/kernel"] = t["w2"][i].T
+    out[q + "mlp/up_proj/kernel"] = t["w3"][i].T
+    out[q + "input_norm/scale"] = t["rms_att"][i]
+    out[q + "post_attention_norm/scale"] = t["rms_ffn"][i]
+  if not shared:
+    out["lm_head/kernel"] = t["wcls"].T
+  return cfg, out

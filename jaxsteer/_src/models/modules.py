@@ -1,0 +1,266 @@
+"""Flax Linen modules of the decoder-only language models (Llama 2/3/3.1, Mistral, Qwen2, GPT-2).
+
+Every decoder layer, its attention and its MLP are named Linen modules:
+
+  embed, [wpe], layers_0 .. layers_{L-1} (DecoderLayer: input_norm, attn, post_attention_norm, mlp),
+  norm, [lm_head]
+
+so an interceptor (``flax.linen.intercept_methods``) can address the residual-stream output of
+decoder layer ``i`` as the return value of ``DecoderLayer.__call__`` at module path
+``("layers_i",)``.
+
+Kernels follow the Flax ``(in, out)`` convention. Key/value caching uses Flax's mutable ``cache``
+collection (one fixed-length buffer per layer), so a layer's ``__call__`` returns only the hidden
+states, with or without a cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsteer._src.models.config import ModelConfig, rope_inv_freq
+
+Dtype = Any
+_NEG = -1e30  # additive mask value: finite, so fully masked rows stay NaN-free
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm computed in float32: ``scale * x / sqrt(mean(x^2) + eps)``."""
+
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    # HF Llama casts back to the input dtype before multiplying by the weight.
+    return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm (GPT-2) computed in float32."""
+
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (d,), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (d,), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+def _dense(features, use_bias, cfg_dtype, param_dtype, name):
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    dtype=cfg_dtype,
+    param_dtype=param_dtype,
+    kernel_init=nn.initializers.normal(0.02),
+    name=name,
+  )
+
+
+def apply_rope(x, positions, inv_freq):
+  """Rotary embedding, HF ``rotate_half`` layout. x: (B, T, H, Dh); positions: (B, T)."""
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, Dh/2)
+  emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  xf = x.astype(jnp.float32)
+  half = x.shape[-1] // 2
+  rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+  return (xf * cos + rot * sin).astype(x.dtype)
+
+
+def attention_weights_bias(q_pos, k_pos, kv_mask, sliding_window=None):
+  """Additive attention bias (B, 1, 1, T, S): causal by absolute slot, key padding, sliding window."""
+  allowed = k_pos[:, None, :] <= q_pos[:, :, None]
+  if sliding_window is not None:
+    allowed &= k_pos[:, None, :] > q_pos[:, :, None] - sliding_window
+  allowed &= kv_mask[:, None, :].astype(bool)
+  return jnp.where(allowed, 0.0, _NEG)[:, None, None, :, :].astype(jnp.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head / grouped-query self-attention with RoPE (Llama family) or without (GPT-2)."""
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
+    cfg = self.config
+    b, t, _ = x.shape
+    h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = _dense(h * dh, cfg.attention_bias, self.dtype, self.param_dtype, "q_proj")(x)
+    k = _dense(kvh * dh, cfg.attention_bias, self.dtype, self.param_dtype, "k_proj")(x)
+    v = _dense(kvh * dh, cfg.attention_bias, self.dtype, self.param_dtype, "v_proj")(x)
+    q = q.reshape(b, t, h, dh)
+    k = k.reshape(b, t, kvh, dh)
+    v = v.reshape(b, t, kvh, dh)
+    if not cfg.is_gpt2:
+      inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
+      q = apply_rope(q, positions, inv_freq)
+      k = apply_rope(k, positions, inv_freq)
+
+    k_slots = slots
+    if decode:
+      # kv_mask spans the whole cache; write this chunk at cache_index and attend over the buffer.
+      length = kv_mask.shape[1]
+      ck = self.variable("cache", "cached_key", jnp.zeros, (b, length, kvh, dh), k.dtype)
+      cv = self.variable("cache", "cached_value", jnp.zeros, (b, length, kvh, dh), v.dtype)
+      idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+      i = idx.value
+      ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
+      cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+      idx.value = i + t
+      k, v = ck.value, cv.value
+      k_slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (b, length))
+
+    bias = attention_weights_bias(slots, k_slots, kv_mask, cfg.sliding_window)
+    g = h // kvh
+    qg = q.reshape(b, t, kvh, g, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(dh)) + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * dh)
+    return _dense(cfg.hidden_size, cfg.attention_out_bias, self.dtype, self.param_dtype, "o_proj")(
+      out
+    )
+
+
+class MLP(nn.Module):
+  """Gated SiLU MLP (Llama family) or GELU MLP (GPT-2)."""
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    f, d = cfg.intermediate_size, cfg.hidden_size
+    if cfg.is_gpt2:
+      up = _dense(f, True, self.dtype, self.param_dtype, "up_proj")(x)
+      return _dense(d, True, self.dtype, self.param_dtype, "down_proj")(
+        jax.nn.gelu(up, approximate=True)
+      )
+    gate = _dense(f, cfg.mlp_bias, self.dtype, self.param_dtype, "gate_proj")(x)
+    up = _dense(f, cfg.mlp_bias, self.dtype, self.param_dtype, "up_proj")(x)
+    return _dense(d, cfg.mlp_bias, self.dtype, self.param_dtype, "down_proj")(nn.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm decoder layer. Returns the residual stream after attention and MLP."""
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
+    cfg = self.config
+    norm = LayerNorm if cfg.is_gpt2 else RMSNorm
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = norm(cfg.norm_eps, name="input_norm", **kw)(x)
+    x = x + Attention(cfg, name="attn", **kw)(h, positions, slots, kv_mask, decode)
+    h = norm(cfg.norm_eps, name="post_attention_norm", **kw)(x)
+    return x + MLP(cfg, name="mlp", **kw)(h)
+
+
+class CausalLM(nn.Module):
+  """A decoder-only causal language model.
+
+  Call with ``input_ids`` (B, T) or ``inputs_embeds`` (B, T, D). ``attention_mask`` (B, S) marks
+  real tokens (1) and padding (0); without a cache S = T, with ``decode=True`` S is the cache length
+  and the mask covers every cache slot. ``positions`` (B, T) are RoPE / learned positions (default:
+  count of real tokens before each one); ``slots`` (B, T) are absolute cache slots (default
+  ``arange(T)``) that define causality.
+  """
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed = nn.Embed(
+      cfg.vocab_size, cfg.hidden_size, embedding_init=nn.initializers.normal(0.02), **kw
+    )
+    if cfg.is_gpt2:
+      self.wpe = nn.Embed(
+        cfg.max_position_embeddings,
+        cfg.hidden_size,
+        embedding_init=nn.initializers.normal(0.01),
+        **kw,
+      )
+    self.layers = [DecoderLayer(cfg, name=f"layers_{i}", **kw) for i in range(cfg.num_layers)]
+    self.norm = (LayerNorm if cfg.is_gpt2 else RMSNorm)(cfg.norm_eps, **kw)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = _dense(cfg.vocab_size, False, self.dtype, self.param_dtype, "lm_head")
+
+  def embed_tokens(self, input_ids):
+    """Token embeddings (B, T, D): the input space of attribution."""
+    return self.embed(input_ids)
+
+  def __call__(
+    self,
+    input_ids=None,
+    *,
+    inputs_embeds=None,
+    attention_mask=None,
+    positions=None,
+    slots=None,
+    decode: bool = False,
+    return_hidden: bool = False,
+  ):
+    if (input_ids is None) == (inputs_embeds is None):
+      raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    x = x.astype(self.dtype)
+    b, t = x.shape[:2]
+    if attention_mask is None:
+      attention_mask = jnp.ones((b, t), jnp.int32)
+    if slots is None:
+      slots = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+    if positions is None:
+      if decode:
+        raise ValueError("positions are required with decode=True")
+      positions = default_positions(attention_mask)
+    if self.config.is_gpt2:
+      x = x + self.wpe(positions)
+    hidden = []
+    for layer in self.layers:
+      x = layer(x, positions, slots, attention_mask, decode)
+      hidden.append(x)
+    x = self.norm(x)
+    if self.config.tie_word_embeddings:
+      logits = self.embed.attend(x)
+    else:
+      logits = self.lm_head(x)
+    logits = logits.astype(jnp.float32)
+    if return_hidden:
+      return logits, tuple(hidden)
+    return logits
+
+
+def default_positions(attention_mask):
+  """Position of each token among the real tokens of its row (0 for left padding)."""
+  m = attention_mask.astype(jnp.int32)
+  return jnp.maximum(jnp.cumsum(m, axis=-1) - 1, 0).astype(jnp.int32)

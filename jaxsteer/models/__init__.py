@@ -1,0 +1,51 @@
+"""Flax Linen causal language models that load Hugging Face and llama2.c checkpoints.
+
+Llama 2/3/3.1 (llama3 RoPE scaling, grouped-query attention, tied or untied embeddings), Mistral
+(sliding window), Qwen2 (q/k/v bias) and GPT-2, with KV-cache generation.
+
+  >>> import jaxsteer
+  >>> lm = jaxsteer.load("stories260K.bin")  # doctest: +SKIP
+  >>> lm.generate("Once upon a time", max_new_tokens=32)  # doctest: +SKIP
+"""
+
+from jaxsteer._src.models.config import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
+from jaxsteer._src.models.config import ModelConfig as ModelConfig
+from jaxsteer._src.models.lm import LanguageModel as LanguageModel
+from jaxsteer._src.models.lm import download as download
+from jaxsteer._src.models.lm import from_params as from_params
+from jaxsteer._src.models.lm import init_cache as init_cache
+from jaxsteer._src.models.lm import init_random as init_random
+from jaxsteer._src.models.lm import load as load
+from jaxsteer._src.models.lm import sample_token as sample_token
+from jaxsteer._src.models.loading import DEFAULT_RULES as DEFAULT_RULES
+from jaxsteer._src.models.loading import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
+from jaxsteer._src.models.loading import param_shardings as param_shardings
+from jaxsteer._src.models.loading import read_llama2c as read_llama2c
+from jaxsteer._src.models.modules import MLP as MLP
+from jaxsteer._src.models.modules import Attention as Attention
+from jaxsteer._src.models.modules import CausalLM as CausalLM
+from jaxsteer._src.models.modules import DecoderLayer as DecoderLayer
+from jaxsteer._src.models.tokenizer import HFTokenizer as HFTokenizer
+from jaxsteer._src.models.tokenizer import Llama2cTokenizer as Llama2cTokenizer
+
+__all__ = [
+  "SUPPORTED_ARCHITECTURES",
+  "DEFAULT_RULES",
+  "PARAM_LOGICAL_AXES",
+  "Attention",
+  "CausalLM",
+  "DecoderLayer",
+  "HFTokenizer",
+  "LanguageModel",
+  "Llama2cTokenizer",
+  "MLP",
+  "ModelConfig",
+  "download",
+  "from_params",
+  "init_cache",
+  "init_random",
+  "load",
+  "param_shardings",
+  "read_llama2c",
+  "sample_token",
+]
