@@ -1,1 +1,51 @@
-"""recoder (placeholder; see README)."""
+"""recoder: recoding RNN language models (Ulmer 2021, arXiv:2101.00674) in JAX/Flax.
+
+Usage::
+
+  import recoder
+  cfg = recoder.LMConfig(vocab_size=10000)
+  model = recoder.LSTMLM(cfg)
+  params = recoder.init_params(model, jax.random.key(0))
+  out = recoder.lm_forward(model, params, x, y, recoder.zero_state(cfg, 20),
+                           recoding=recoder.RecodingConfig("surprisal"), step_size=0.5)
+"""
+
+from recoder._src.data import Corpus, Vocab, batchify, bptt_batches, load_corpus, read_tokens
+from recoder._src.model import LSTMLM, ForwardOut, LMConfig, init_params, lm_forward, zero_state
+from recoder._src.recode import (
+  SIGNALS,
+  STEP_TYPES,
+  RecodingConfig,
+  Signal,
+  get_signal,
+  init_step_params,
+  node_gradient,
+  recode,
+  register_signal,
+  step_sizes,
+)
+
+__all__ = [
+  "Corpus",
+  "Vocab",
+  "batchify",
+  "bptt_batches",
+  "load_corpus",
+  "read_tokens",
+  "LMConfig",
+  "LSTMLM",
+  "ForwardOut",
+  "init_params",
+  "lm_forward",
+  "zero_state",
+  "SIGNALS",
+  "STEP_TYPES",
+  "RecodingConfig",
+  "Signal",
+  "get_signal",
+  "init_step_params",
+  "node_gradient",
+  "recode",
+  "register_signal",
+  "step_sizes",
+]
