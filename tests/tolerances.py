@@ -30,8 +30,12 @@ def assert_close(actual, expected, dtype=None, rtol=None, atol=None, err_msg="")
   d = dtype if dtype is not None else actual.dtype
   r, a = tol(d)
   np.testing.assert_allclose(
-    actual.astype(np.float64) if actual.dtype.kind == "f" or actual.dtype.name == "bfloat16" else actual,
-    expected.astype(np.float64) if expected.dtype.kind == "f" or expected.dtype.name == "bfloat16" else expected,
+    actual.astype(np.float64)
+    if actual.dtype.kind == "f" or actual.dtype.name == "bfloat16"
+    else actual,
+    expected.astype(np.float64)
+    if expected.dtype.kind == "f" or expected.dtype.name == "bfloat16"
+    else expected,
     rtol=r if rtol is None else rtol,
     atol=a if atol is None else atol,
     err_msg=err_msg,

@@ -264,8 +264,12 @@ class LanguageModel:
     return self._tok().decode(np.asarray(ids).reshape(-1).tolist())
 
   # -- generation --------------------------------------------------------------------------------
-  def prepare_batch(self, prompts) -> tuple[jax.Array, jax.Array]:
-    """Tokenizes and left-pads prompts: returns ``(input_ids, attention_mask)``."""
+  def prepare_batch(self, prompts, pad_multiple: int = 8) -> tuple[jax.Array, jax.Array]:
+    """Tokenizes and left-pads prompts: returns ``(input_ids, attention_mask)``.
+
+    The width is rounded up to a multiple of ``pad_multiple`` so that prompts of similar length
+    share one compiled program.
+    """
     if isinstance(prompts, str) or (
       isinstance(prompts, Sequence) and prompts and isinstance(prompts[0], int | np.integer)
     ):
@@ -273,7 +277,7 @@ class LanguageModel:
     if isinstance(prompts, np.ndarray | jax.Array):
       prompts = [list(r) for r in np.asarray(prompts).reshape(-1, np.shape(prompts)[-1])]
     if not len(prompts):
-      raise ValueError("no prompts given")
+      raise ValueError("empty prompt: no prompts or token ids given")
     rows = []
     for p in prompts:
       if isinstance(p, str):
@@ -285,6 +289,10 @@ class LanguageModel:
         raise ValueError("empty prompt: no token ids")
       rows.append(p)
     width = max(len(r) for r in rows)
+    limit = self.config.max_position_embeddings
+    if width > limit:
+      raise ValueError(f"prompt of {width} tokens is longer than the model's context of {limit}")
+    width = max(width, min(-(-width // pad_multiple) * pad_multiple, limit))
     pad = self.pad_id
     ids = np.full((len(rows), width), pad, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
@@ -327,10 +335,10 @@ class LanguageModel:
       raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
       raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    total = ids.shape[1] + max_new_tokens
-    if total > self.config.max_position_embeddings:
+    real = int(np.asarray(mask).sum(axis=1).max())
+    if real + max_new_tokens > self.config.max_position_embeddings:
       raise ValueError(
-        f"prompt ({ids.shape[1]} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
+        f"prompt ({real} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
         f"model's context of {self.config.max_position_embeddings}"
       )
     eos = self.config.eos_token_id if self.config.eos_token_id is not None else -1
@@ -472,7 +480,11 @@ def load(
 
 
 def _make_tokenizer(tokenizer, cfg):
-  if tokenizer is None or hasattr(tokenizer, "encode"):
+  if tokenizer is None:
+    return None
+  if not isinstance(tokenizer, str | pathlib.Path):
+    if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
+      raise ValueError(f"tokenizer must be a path or have encode/decode, got {type(tokenizer)}")
     return tokenizer
   p = pathlib.Path(tokenizer)
   if p.is_dir():
