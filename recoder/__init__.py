@@ -10,8 +10,24 @@ Usage::
                            recoding=recoder.RecodingConfig("surprisal"), step_size=0.5)
 """
 
-from recoder._src.data import Corpus, Vocab, batchify, bptt_batches, load_corpus, read_tokens
-from recoder._src.model import LSTMLM, ForwardOut, LMConfig, init_params, lm_forward, zero_state
+from recoder._src.data import (
+  Corpus,
+  Vocab,
+  batchify,
+  bptt_batches,
+  encode,
+  load_corpus,
+  read_tokens,
+)
+from recoder._src.model import (
+  LSTMLM,
+  ForwardOut,
+  LMConfig,
+  check_token_ids,
+  init_params,
+  lm_forward,
+  zero_state,
+)
 from recoder._src.recode import (
   SIGNALS,
   STEP_TYPES,
@@ -27,6 +43,7 @@ from recoder._src.recode import (
 
 __all__ = [
   "Corpus",
+  "encode",
   "Vocab",
   "batchify",
   "bptt_batches",
@@ -38,6 +55,7 @@ __all__ = [
   "init_params",
   "lm_forward",
   "zero_state",
+  "check_token_ids",
   "SIGNALS",
   "STEP_TYPES",
   "RecodingConfig",

@@ -33,7 +33,15 @@ from recoder._src.recode import (
   step_sizes,
 )
 
-__all__ = ["LMConfig", "LSTMLM", "ForwardOut", "init_params", "lm_forward", "zero_state"]
+__all__ = [
+  "check_token_ids",
+  "LMConfig",
+  "LSTMLM",
+  "ForwardOut",
+  "init_params",
+  "lm_forward",
+  "zero_state",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +160,20 @@ class ForwardOut(NamedTuple):
   delta: Any  # (B, T) error signal before recoding (None without recoding)
 
 
+def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> None:
+  """Raises ``ValueError`` for concrete ids outside ``[0, vocab_size)`` (tracers are skipped:
+  ``jnp.take`` would silently clamp them, so callers check their data before jitting)."""
+  if isinstance(ids, jax.core.Tracer):
+    return
+  arr = np.asarray(ids)
+  if not np.issubdtype(arr.dtype, np.integer):
+    raise ValueError(f"{what} must be integers, got dtype {arr.dtype}")
+  if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+    raise ValueError(
+      f"{what} outside the vocabulary [0, {vocab_size}): min {arr.min()}, max {arr.max()}"
+    )
+
+
 def _dropout_mask(key, rate, shape, dtype):
   keep = 1.0 - rate
   return jax.random.bernoulli(key, keep, shape).astype(dtype) / keep
@@ -195,6 +217,12 @@ def lm_forward(
   v = {"params": params}
   inputs = jnp.asarray(inputs)
   targets = jnp.asarray(targets)
+  if inputs.ndim != 2 or inputs.shape != targets.shape:
+    raise ValueError(
+      f"inputs and targets must both be (batch, time); got {inputs.shape} and {targets.shape}"
+    )
+  check_token_ids(inputs, cfg.vocab_size, "inputs")
+  check_token_ids(targets, cfg.vocab_size, "targets")
   B, T = inputs.shape
   L, H = cfg.num_layers, cfg.hidden_dim
   _check_step_size(step_size)

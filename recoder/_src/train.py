@@ -29,7 +29,14 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from recoder._src import data as data_lib
-from recoder._src.model import LSTMLM, LMConfig, init_params, lm_forward, zero_state
+from recoder._src.model import (
+  LSTMLM,
+  LMConfig,
+  check_token_ids,
+  init_params,
+  lm_forward,
+  zero_state,
+)
 from recoder._src.recode import RecodingConfig, init_step_params
 
 __all__ = ["TrainConfig", "build_parser", "main", "train", "make_train_step", "make_eval_step"]
@@ -144,6 +151,7 @@ def make_eval_step(model, rc: RecodingConfig):
 
 def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, key, desc=None):
   """Perplexity of a 1-d id stream cut into ``batch_size`` streams (state carried over)."""
+  check_token_ids(ids, model.cfg.vocab_size)
   streams = data_lib.batchify(ids, batch_size)
   hidden = zero_state(model.cfg, streams.shape[0])
   total, count = 0.0, 0
@@ -303,6 +311,7 @@ def train(args) -> dict:
   tx, train_step = make_train_step(model, rc, tc, int(train_ids.shape[0]))
   eval_step = make_eval_step(model, rc)
   opt_state = tx.init(params)
+  check_token_ids(train_ids, lm_cfg.vocab_size, "training ids")
   streams = data_lib.batchify(train_ids, tc.batch_size)
   n_batches = data_lib.num_bptt_batches(streams, tc.bptt, drop_last=True)
   hidden = zero_state(lm_cfg, tc.batch_size)

@@ -1,0 +1,213 @@
+"""Recoding study (Ulmer 2021, arXiv:2101.00674) on Mikolov's Penn Treebank.
+
+Quick mode trains a tiny LSTM LM on a slice of PTB for a short while and compares the plain model
+with every recoding variant (perplexity and cost per token), plus an anchored ensemble and a
+learned-step-size model; it also plots per-token surprisal on garden-path sentences.
+Full mode documents the real 2x200 run (its command and results) and re-plots the garden-path
+figure from its checkpoint when that is present.
+
+Usage::
+
+  python -m experiments.recoder.run --quick --out /tmp/recoder --data /work/shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+import recoder
+from recoder._src import evaluate as evaluate_lib
+from recoder._src import train as train_lib
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+FULL_RUN_COMMAND = (
+  "python -m recoder.train --data $JAXSTEER_DATA/ptb --out runs/ptb_small --emb 200 --hidden 200 "
+  "--layers 2 --dropout 0.2 --tied --optimizer sgd --lr 20 --clip 0.25 --bptt 35 --batch-size 20 "
+  "--eval-batch-size 10 --epochs 4 --decay-start 2 --lr-decay 0.25 --ckpt-every 300"
+)
+FULL_EVAL_COMMAND = (
+  "python -m recoder.evaluate --run runs/ptb_small --split test --batch-size 20 "
+  "--out experiments/recoder/results/ptb_small_test.json --variants <see results JSON>"
+)
+
+GARDEN_PATHS = (
+  "the horse raced past the barn fell",
+  "the old man the boat",
+  "the complex houses married and single soldiers and their families",
+  "while the man hunted the deer ran into the woods",
+  "the cotton clothing is made of grows in mississippi",
+  "the florist sent the flowers was pleased",
+  "the man who hunts ducks out on weekends",
+  "when fred eats food gets thrown",
+)
+
+QUICK_VARIANTS = (
+  "none",
+  "surprisal:0.5",
+  "surprisal:2",
+  "ptok_ppl:5",
+  "entropy:0.5",
+  "mc_entropy:0.5:S=5",
+  "mc_variance:5:S=5",
+)
+
+
+def _atomic_write(path: pathlib.Path, text: str) -> None:
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def sentence_surprisal(model, params, vocab, sentence, rc, step_size):
+  """Per-word surprisal (bits) of ``sentence`` after ``<eos>``, from a zero state."""
+  idx = vocab.index()
+  words = sentence.split()
+  ids = [idx["<eos>"]] + [idx.get(w, idx.get("<unk>", 0)) for w in words] + [idx["<eos>"]]
+  ids = np.asarray(ids, np.int32)[None]
+  out = recoder.lm_forward(
+    model, params["lm"], ids[:, :-1], ids[:, 1:], recoder.zero_state(model.cfg, 1),
+    recoding=rc, step_size=step_size, step_params=params.get("step") or None,
+    key=jax.random.key(0),
+  )  # fmt: skip
+  return np.asarray(out.nll[0]) / math.log(2), words + ["<eos>"]
+
+
+def plot_garden_paths(model, params, vocab, variants, path: pathlib.Path) -> dict:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  n = len(GARDEN_PATHS)
+  fig, axes = plt.subplots((n + 1) // 2, 2, figsize=(14, 2.6 * ((n + 1) // 2)))
+  data = {}
+  for ax, sent in zip(axes.ravel(), GARDEN_PATHS):
+    data[sent] = {}
+    for label, (rc, eta) in variants.items():
+      s, words = sentence_surprisal(model, params, vocab, sent, rc, eta)
+      data[sent][label] = s.tolist()
+      ax.plot(s, marker="o", ms=3, label=label)
+    ax.set_xticks(range(len(words)))
+    ax.set_xticklabels(words, rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("surprisal (bits)")
+  for ax in axes.ravel()[n:]:
+    ax.axis("off")
+  axes.ravel()[0].legend(fontsize=7)
+  fig.suptitle("Per-token surprisal with and without recoding (garden-path sentences)")
+  fig.tight_layout()
+  tmp = path.with_suffix(".tmp.png")
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return data
+
+
+def _gp_variants():
+  return {
+    "baseline": (recoder.RecodingConfig(), 0.0),
+    "surprisal eta=2": (recoder.RecodingConfig(signal="surprisal"), 2.0),
+    "entropy eta=2": (recoder.RecodingConfig(signal="entropy"), 2.0),
+  }
+
+
+def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+  ptb = data_dir / "ptb"
+  common = [
+    "--data", str(ptb), "--emb", "32", "--hidden", "32", "--layers", "2", "--dropout", "0.1",
+    "--optimizer", "adam", "--lr", "0.003", "--clip", "1.0", "--bptt", "20", "--batch-size", "32",
+    "--eval-batch-size", "10", "--epochs", "1", "--max-train-tokens", "60000",
+    "--max-eval-tokens", "6000", "--ckpt-every", "100000", "--no-progress",
+  ]  # fmt: skip
+  runs = {
+    "baseline": ["--tied"],
+    "ensemble_k3": ["--members", "3", "--signal", "ensemble_entropy", "--step-size", "0.5"],
+    "surprisal_learned": ["--tied", "--signal", "surprisal", "--step-type", "learned"],
+  }
+  summary = {"mode": "quick", "train": {}, "eval": {}}
+  corpus = recoder.load_corpus(ptb)
+  test_ids = corpus.test[:6000]
+  for name, extra in runs.items():
+    run_dir = out_dir / name
+    t0 = time.perf_counter()
+    s = train_lib.train(
+      train_lib.build_parser().parse_args([*common, "--out", str(run_dir), *extra])
+    )
+    summary["train"][name] = {
+      "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"], "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
+    cfg, model, trained_rc, params = evaluate_lib.load_run(run_dir)
+    variants = QUICK_VARIANTS if name == "baseline" else ("none", "trained")
+    if name == "ensemble_k3":
+      variants = ("none", "ensemble_entropy:0.5", "ensemble_entropy:2")
+    summary["eval"][name] = evaluate_lib.evaluate_variants(
+      model, params, test_ids, variants, batch_size=10, bptt=20, trained=trained_rc,
+      trained_step=cfg["train"]["step_size"], progress=False,
+    )  # fmt: skip
+    if name == "surprisal_learned":
+      summary["eval"][name]["learned_step_sizes"] = {
+        k: np.asarray(jax.nn.softplus(v)).tolist() for k, v in params["step"].items()
+      }
+    if name == "baseline":
+      summary["garden_path"] = plot_garden_paths(
+        model, params, corpus.vocab, _gp_variants(), out_dir / "garden_path_quick.png"
+      )
+  for runs_eval in summary["eval"].values():
+    for v in runs_eval.values():
+      if isinstance(v, dict):
+        v.pop("config", None)
+  return summary
+
+
+def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+  summary = {"mode": "full", "train_command": FULL_RUN_COMMAND, "eval_command": FULL_EVAL_COMMAND}
+  for name in ("ptb_small_summary.json", "ptb_small_test.json", "ptb_small_valid_sweep.json"):
+    f = RESULTS / name
+    if f.is_file():
+      summary[name.removesuffix(".json")] = json.loads(f.read_text())
+  run_dir = pathlib.Path(os.environ.get("RECODER_RUN", "runs/ptb_small"))
+  if (run_dir / "best").is_dir():
+    cfg, model, _, params = evaluate_lib.load_run(run_dir)
+    corpus = recoder.load_corpus(data_dir / "ptb")
+    summary["garden_path"] = plot_garden_paths(
+      model, params, corpus.vocab, _gp_variants(), out_dir / "garden_path_ptb_small.png"
+    )
+  return summary
+
+
+def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+  """Runs the study; returns a JSON-able summary (also written to ``out_dir/summary.json``)."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  data_dir = pathlib.Path(data_dir)
+  if not (data_dir / "ptb" / "ptb.train.txt").is_file():
+    raise FileNotFoundError(f"Penn Treebank not found under {data_dir / 'ptb'}")
+  summary = _quick(out_dir, data_dir) if quick else _full(out_dir, data_dir)
+  _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
+  return summary
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--quick", action="store_true")
+  p.add_argument("--out", default="runs/recoder_experiment")
+  p.add_argument(
+    "--data", default=os.environ.get("JAXSTEER_DATA", "/work/shared/data"),
+    help="shared data root (contains ptb/)",
+  )  # fmt: skip
+  a = p.parse_args(argv)
+  s = run(quick=a.quick, out_dir=pathlib.Path(a.out), data_dir=pathlib.Path(a.data))
+  print(json.dumps({k: v for k, v in s.items() if k != "garden_path"}, indent=2))
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
