@@ -22,7 +22,7 @@ Usage::
 
 from ntk._src import compat as _compat
 
-_compat.import_neural_tangents()
+nt = _compat.import_neural_tangents()  # neural_tangents, imported under the layer
 
 from ntk import predict, stax  # noqa: E402
 from ntk._src.empirical import empirical_sg_ntk_fn, sg_mlp  # noqa: E402
@@ -49,6 +49,7 @@ __all__ = [
   "gauss_hermite_2d",
   "get_surrogate",
   "naive_dot",
+  "nt",
   "predict",
   "register_surrogate",
   "sg_dot",

@@ -22,6 +22,10 @@ exist only while NT's modules execute their import statements, plus one stub mod
    rules for it) and an empty ``reducing_transposes`` table. All of these are removed again after
    the import, so other code sees an unmodified JAX. The placeholder's rule entries are dropped
    from NT's rule tables.
+3. In ``neural_tangents._src.empirical`` only, the module-level name ``jnp`` is rebound to a proxy
+   of ``jax.numpy`` whose ``size`` also accepts ``jax.ShapeDtypeStruct`` (NT calls
+   ``jnp.size`` on shape structs in implementation 2, which JAX 0.10 deprecates with a warning
+   and will turn into an error).
 
 Works afterwards (tested in ``tests/ntk/test_compat.py``): ``stax`` layers and their
 ``kernel_fn`` (Dense, Erf, Sign, Relu, serial, parallel, ...), ``monte_carlo_kernel_fn``,
@@ -106,6 +110,24 @@ def _temporary_jax_names():
       sys.modules.pop("jax.util", None)
 
 
+class _JnpProxy(types.ModuleType):
+  """``jax.numpy`` with a ``size`` that accepts objects exposing ``.shape`` (shape structs)."""
+
+  def __init__(self, jnp):
+    super().__init__("jax.numpy")
+    self._jnp = jnp
+
+  def __getattr__(self, name):
+    return getattr(self._jnp, name)
+
+  def size(self, a, axis=None):
+    import math
+
+    if axis is None and hasattr(a, "shape") and not hasattr(a, "__jax_array__"):
+      return math.prod(a.shape)
+    return self._jnp.size(a, axis)
+
+
 def import_neural_tangents() -> types.ModuleType:
   """Imports neural-tangents under the compatibility layer (idempotent) and returns it."""
   if "neural_tangents" in sys.modules and "neural_tangents.stax" in sys.modules:
@@ -119,6 +141,9 @@ def import_neural_tangents() -> types.ModuleType:
     rules = importlib.import_module("neural_tangents._src.utils.rules")
     for table in (rules.STRUCTURE_RULES, rules.JACOBIAN_RULES):
       table.pop(placeholder, None)
+  empirical = importlib.import_module("neural_tangents._src.empirical")
+  if not isinstance(empirical.jnp, _JnpProxy):
+    empirical.jnp = _JnpProxy(empirical.jnp)
   version = getattr(nt, "__version__", "?")
   if version != SUPPORTED_NT_VERSION:
     raise ImportError(

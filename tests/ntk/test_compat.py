@@ -1,0 +1,122 @@
+"""neural-tangents 0.6.5 on current JAX through ntk's compatibility layer (ntk/_src/compat.py)."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tolerances import assert_close, tol
+
+import ntk
+
+nt = ntk.nt  # neural_tangents, imported by ntk under the compatibility layer
+stax = nt.stax
+
+
+def _x(n, d=3, seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), (n, d))
+
+
+def test_import_loads_no_tensorflow_and_leaves_jax_clean():
+  code = (
+    "import sys, time; t = time.perf_counter(); import ntk; dt = time.perf_counter() - t\n"
+    "import jax.core, jax.interpreters.ad as ad\n"
+    "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+    "assert 'neural_tangents' in sys.modules\n"
+    "assert not hasattr(jax.core, 'Jaxpr') and 'jax.util' not in sys.modules\n"
+    "assert not hasattr(ad, 'zeros_like_p')\n"
+    "print(dt)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr
+  print(f"import ntk: {float(out.stdout.strip()):.2f} s")
+  assert "tensorflow" not in sys.modules
+
+
+def test_experimental_stub_explains():
+  with pytest.raises(ImportError, match="TensorFlow"):
+    nt.experimental.empirical_ntk_fn_tf  # noqa: B018
+
+
+@pytest.mark.parametrize(
+  "act",
+  [stax.Erf(), stax.Sign(), stax.Relu()],
+  ids=["erf", "sign", "relu"],
+)
+def test_kernel_fn_serial_parallel(act):
+  x1, x2 = _x(4), _x(3, seed=1)
+  _, _, kernel_fn = stax.serial(
+    stax.FanOut(2),
+    stax.parallel(
+      stax.serial(stax.Dense(8, 1.0, 0.1), act, stax.Dense(1, 1.0, 0.1)),
+      stax.Dense(1, 1.0, 0.1),
+    ),
+  )
+  ks = kernel_fn(x1, x2, ("nngp", "ntk"))
+  assert isinstance(ks, list | tuple) and len(ks) == 2
+  k = ks[0]
+  assert k.nngp.shape == k.ntk.shape == (4, 3)
+  assert np.all(np.isfinite(np.asarray(k.ntk)))
+  k_lin = ks[1].nngp
+  assert_close(k_lin, x1 @ x2.T / 3 + 0.01, dtype=k_lin.dtype)
+  # The x2=None path equals passing x2 = x1.
+  k11 = kernel_fn(x1, None, "ntk")[0]
+  assert_close(k11, kernel_fn(x1, x1, "ntk")[0], dtype=k11.dtype)
+
+
+def test_erf_kernel_closed_form():
+  x = _x(3)
+  _, _, kernel_fn = stax.serial(stax.Dense(1, 1.0, 0.0), stax.Erf())
+  q = jnp.sum(x * x, -1) / 3
+  c = x @ x.T / 3
+  expect = 2 / jnp.pi * jnp.arcsin(2 * c / jnp.sqrt(jnp.outer(1 + 2 * q, 1 + 2 * q)))
+  got = kernel_fn(x, None, "nngp")
+  r, a = tol(got.dtype)
+  np.testing.assert_allclose(got, expect, rtol=r, atol=30 * a)  # arcsin near 1 in float32
+
+
+def test_monte_carlo_kernel_fn_matches_analytic():
+  x = _x(3)
+  width, n_samples = 256, 8
+  init_fn, apply_fn, kernel_fn = stax.serial(stax.Dense(width, 1.0, 0.1), stax.Erf())
+  mc = nt.monte_carlo_kernel_fn(init_fn, apply_fn, jax.random.PRNGKey(0), n_samples)
+  est = np.asarray(mc(x, None, "nngp"), np.float64)
+  exact = np.asarray(kernel_fn(x, None, "nngp"), np.float64)
+  # The estimate averages width * n_samples i.i.d. products erf(u_k) erf(v_k), each of variance
+  # <= E[erf(u)^2] E[erf(v)^2] + K12^2 (Isserlis bound for Gaussian-like variables). Its standard
+  # error is therefore se_ij = sqrt((K_ii K_jj + K_ij^2) / (width * n_samples)); allow 5 se.
+  d = np.diag(exact)
+  se = np.sqrt((np.outer(d, d) + exact**2) / (width * n_samples))
+  assert np.all(np.abs(est - exact) < 5 * se), (est - exact) / se
+
+
+@pytest.mark.parametrize("implementation", [1, 2])
+def test_empirical_ntk_fn_implementations(implementation):
+  x1, x2 = _x(3), _x(2, seed=1)
+  init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Erf(), stax.Dense(1))
+  _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
+  fn = nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=implementation)
+  got = fn(x1, x2, params)
+  j1 = jax.jacobian(apply_fn)(params, x1)
+  j2 = jax.jacobian(apply_fn)(params, x2)
+  flat = lambda j, n: jnp.concatenate(
+    [leaf.reshape(n, -1) for leaf in jax.tree_util.tree_leaves(j)], axis=1
+  )
+  expect = flat(j1, 3) @ flat(j2, 2).T
+  r, _ = tol(got.dtype)
+  np.testing.assert_allclose(got, expect, rtol=10 * r, atol=10 * r * np.max(np.abs(expect)))
+
+
+def test_predict_and_batch():
+  x_train, x_test = _x(6), _x(4, seed=1)
+  y = jnp.sin(x_train[:, :1])
+  _, _, kernel_fn = stax.serial(stax.Dense(8, 1.0, 0.1), stax.Relu(), stax.Dense(1, 1.0, 0.1))
+  mean = nt.predict.gradient_descent_mse_ensemble(kernel_fn, x_train, y, diag_reg=1e-4)(
+    None, x_test, "ntk"
+  )
+  assert mean.shape == (4, 1) and np.all(np.isfinite(np.asarray(mean)))
+  batched = nt.batch(kernel_fn, batch_size=2, device_count=0)
+  k = batched(x_test, x_train, "ntk")
+  assert_close(k, kernel_fn(x_test, x_train, "ntk"), dtype=k.dtype)
