@@ -85,19 +85,25 @@ def test_metric_definitions():
 # -- scoring vs. an unbatched reference ------------------------------------------------------------
 
 
-def _reference_ll(lm, context, continuation):
-  """One unpadded forward per answer; numpy log-softmax in float64."""
+def _reference_ll(lm, context, continuation, width=128):
+  """One forward per answer, no mask and no batching; numpy log-softmax in float64.
+
+  The row is filled up to ``width`` with arbitrary tokens: by causality they cannot change the
+  logits at the real positions, and one width means one compiled program.
+  """
   whole = lm.encode(context + continuation)
   ctx = lm.encode(context)
   assert whole[: len(ctx)] == ctx  # holds for these prompts with tok512
-  logits = np.asarray(lm(np.asarray([whole], np.int32)), np.float64)[0]
+  row = np.full((1, width), 7, np.int32)
+  row[0, : len(whole)] = whole
+  logits = np.asarray(lm(row), np.float64)[0, : len(whole)]
   lp = logits - logits.max(-1, keepdims=True)
   lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
   return sum(lp[t - 1, whole[t]] for t in range(len(ctx), len(whole)))
 
 
 def test_scores_match_unbatched_reference(lm, v1, binary):
-  for ds, idx in ((v1, [0, 5, 17]), (binary, [3, 9])):
+  for ds, idx in ((v1, [0, 17]), (binary, [3])):
     res = evals.evaluate_truthfulqa(
       lm, ds, split=idx, batch_size=4, questions_per_chunk=2, progress=False, details=True
     )
@@ -126,35 +132,6 @@ def test_loglikelihoods_few_compiles(lm):
   # batching/padding does not change a score
   b = [evals.loglikelihoods(lm, [r], batch_size=1)[0] for r in reqs + more]
   assert_close(a, b, "float32", atol=16 * tol("float32")[1])
-
-
-def test_random_model_any_language_model():
-  """Works on any LanguageModel with a tokenizer-like object (here a char-level stub)."""
-
-  class CharTok:
-    bos_id, eos_id, pad_id = 1, 2, 0
-
-    def encode(self, text, add_bos=True):
-      return ([1] if add_bos else []) + [3 + (ord(c) % 60) for c in text]
-
-    def decode(self, ids):
-      return "".join(chr(i) for i in ids)
-
-  cfg = jaxsteer.models.ModelConfig(
-    arch="llama",
-    vocab_size=64,
-    hidden_size=16,
-    intermediate_size=32,
-    num_layers=1,
-    num_heads=2,
-    num_kv_heads=1,
-    head_dim=8,
-    max_position_embeddings=64,
-  )
-  m = jaxsteer.models.init_random(cfg, seed=0, tokenizer=CharTok())
-  ll = evals.loglikelihoods(m, [("ab", "cd"), ("abc", "d")], batch_size=2)
-  assert ll.shape == (2,) and np.all(np.isfinite(ll)) and np.all(ll < 0)
-  assert ll[0] < ll[1]  # two scored tokens vs one, same final token and context
 
 
 # -- split -----------------------------------------------------------------------------------------
