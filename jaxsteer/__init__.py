@@ -2,10 +2,15 @@
 
 >>> import jaxsteer
 >>> lm = jaxsteer.load("path/to/hf_dir_or_llama2c.bin")  # doctest: +SKIP
+>>> vecs = jaxsteer.grains.fit(lm, pairs, layers=[3])  # doctest: +SKIP
+>>> jaxsteer.steer(lm, vecs, alpha=4.0).generate("Once upon a time")  # doctest: +SKIP
 """
 
+from jaxsteer import attribution as attribution
+from jaxsteer import grains as grains
 from jaxsteer import models as models
+from jaxsteer._src.steering import steer as steer
 from jaxsteer.models import LanguageModel as LanguageModel
 from jaxsteer.models import load as load
 
-__all__ = ["LanguageModel", "load", "models"]
+__all__ = ["LanguageModel", "attribution", "grains", "load", "models", "steer"]

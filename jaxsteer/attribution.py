@@ -1,0 +1,26 @@
+"""Integrated Gradients and contrastive token attribution (GrAInS step 1).
+
+>>> from jaxsteer import attribution
+>>> res = attribution.contrastive(lm, "Q: ...\\nA:", "true answer", "false answer")  # doctest: +SKIP
+>>> res.plot("scores.png")  # doctest: +SKIP
+"""
+
+from jaxsteer._src.attribution import BASELINES as BASELINES
+from jaxsteer._src.attribution import QUADRATURE as QUADRATURE
+from jaxsteer._src.attribution import ContrastiveAttribution as ContrastiveAttribution
+from jaxsteer._src.attribution import baseline_embeddings as baseline_embeddings
+from jaxsteer._src.attribution import contrastive as contrastive
+from jaxsteer._src.attribution import integrated_gradients as integrated_gradients
+from jaxsteer._src.attribution import quadrature as quadrature
+from jaxsteer._src.attribution import response_logprob as response_logprob
+
+__all__ = [
+  "BASELINES",
+  "QUADRATURE",
+  "ContrastiveAttribution",
+  "baseline_embeddings",
+  "contrastive",
+  "integrated_gradients",
+  "quadrature",
+  "response_logprob",
+]
