@@ -1,0 +1,119 @@
+"""Integrated Gradients: exactness, convergence, contrastive objective against an independent reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tolerances import assert_close
+
+import jaxsteer
+from jaxsteer import attribution
+from jaxsteer.models import ModelConfig, init_random
+
+TINY = ModelConfig(
+  arch="llama",
+  vocab_size=40,
+  hidden_size=16,
+  intermediate_size=24,
+  num_layers=2,
+  num_heads=4,
+  num_kv_heads=2,
+  head_dim=4,
+  max_position_embeddings=32,
+  bos_token_id=1,
+  eos_token_id=2,
+)
+
+
+@pytest.mark.parametrize("method", list(attribution.QUADRATURE))
+def test_linear_function_is_exact(method):
+  w = jnp.array([1.5, -2.0, 0.25, 3.0])
+  x = jnp.array([0.3, 1.0, -2.0, 0.5])
+  b = jnp.array([0.1, -0.5, 0.0, 1.0])
+  attr, delta = attribution.integrated_gradients(lambda z: w @ z, x, b, steps=5, method=method)
+  assert_close(attr, (x - b) * w)
+  assert abs(float(delta)) < 1e-5
+
+
+def test_pytree_inputs_and_chunking_agree():
+  x = {"a": jnp.arange(3.0), "b": jnp.ones((2, 2))}
+  f = lambda t: jnp.sum(jnp.sin(t["a"])) * jnp.sum(t["b"] ** 2)
+  full, d1 = attribution.integrated_gradients(f, x, steps=12)
+  chunked, d2 = jax.jit(lambda t: attribution.integrated_gradients(f, t, steps=12, chunk_size=5))(x)
+  jax.tree.map(lambda a, b: assert_close(a, b), full, chunked)
+  assert_close(d1, d2)
+
+
+def test_quadratic_delta_shrinks_with_steps():
+  x = jnp.array([1.0, -2.0, 0.5])
+  f = lambda z: jnp.sum(z**2) + z[0] * z[1]
+  # The path integrand of a quadratic is linear in alpha: left/right sums err like 1/steps,
+  # the midpoint and trapezoid rules are exact.
+  for method in ("riemann_left", "riemann_right"):
+    deltas = [
+      abs(float(attribution.integrated_gradients(f, x, steps=s, method=method)[1]))
+      for s in (4, 16, 64)
+    ]
+    assert deltas[0] > deltas[1] > deltas[2]
+    assert deltas[0] / deltas[2] > 10
+  for method in ("riemann_middle", "riemann_trapezoid"):
+    assert abs(float(attribution.integrated_gradients(f, x, steps=3, method=method)[1])) < 1e-5
+  # Gauss-Legendre integrates this quadratic path exactly already with 2 points.
+  assert abs(float(attribution.integrated_gradients(f, x, steps=2)[1])) < 1e-5
+
+
+def test_float64_reference_matches_float32():
+  f = lambda z: jnp.sum(jnp.tanh(z) ** 3)
+  x = np.linspace(-1, 2, 7)
+  a32, _ = attribution.integrated_gradients(f, jnp.asarray(x, jnp.float32), steps=16)
+  with jax.enable_x64(True):
+    a64, _ = attribution.integrated_gradients(f, jnp.asarray(x, jnp.float64), steps=16)
+    a64 = np.asarray(a64)
+  assert_close(a32, a64, dtype=jnp.float32)
+
+
+def test_unknown_method():
+  with pytest.raises(ValueError, match="unknown IG method"):
+    attribution.integrated_gradients(lambda z: z.sum(), jnp.ones(2), method="simpson")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return init_random(TINY, seed=1)
+
+
+def test_contrastive_objective_equals_teacher_forced_logprobs(tiny):
+  prompt, pos, neg = [1, 5, 6, 7], [9, 10], [11, 12, 13]
+  res = attribution.contrastive(tiny, prompt, pos, neg, steps=8)
+
+  def logp(prompt, resp):  # independent: one forward, sum log-softmax at t-1 for each token t
+    ids = np.array([prompt + resp])
+    lp = np.asarray(jax.nn.log_softmax(tiny(ids)[0].astype(jnp.float32), -1))
+    return sum(lp[len(prompt) + i - 1, t] for i, t in enumerate(resp))
+
+  assert_close(res.objective, logp(prompt, pos) - logp(prompt, neg), atol=1e-4)
+  assert res.scores_pos.shape == (6,) and res.scores_neg.shape == (7,)
+
+
+@pytest.mark.parametrize("baseline", ["pad", "mean"])
+def test_contrastive_delta_shrinks_with_steps(tiny, baseline):
+  deltas = [
+    abs(attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=s, baseline=baseline).delta)
+    for s in (2, 8, 32)
+  ]
+  assert deltas[2] < deltas[0] and deltas[2] < 1e-3
+
+
+def test_real_model_completeness(stories260k):
+  ckpt, tok = stories260k
+  lm = jaxsteer.load(str(ckpt), tokenizer=str(tok))
+  d = [abs(attribution.contrastive(lm, "Lily was very", "happy.", "sad.", steps=s).delta) for s in (10, 50)]
+  assert d[1] < d[0] and d[1] < 0.05
+
+
+def test_pictures(tiny, tmp_path):
+  res = attribution.contrastive(tiny, [1, 5, 6], [9], [10], steps=4)
+  html = res.to_html()
+  assert html.count("<span") == 4 + 4
+  res.plot(tmp_path / "s.png")
+  assert (tmp_path / "s.png").stat().st_size > 1000
