@@ -23,6 +23,9 @@ Usage::
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import numpy as np
 from jax import numpy as jnp
 from jax.scipy.linalg import expm
@@ -67,6 +70,7 @@ def _b_matrix(k_tx, k_xx, tau):
   return a @ (jnp.eye(n, dtype=k_xx.dtype) - expm(-tau * k_xx))
 
 
+@functools.partial(jax.jit, static_argnames=("compute_cov",))
 def gp_moments(
   k_test_train,
   k_train_train,
@@ -134,7 +138,7 @@ def gradient_descent_mse_sg_ensemble(
     learning_rate: eta; time is normalised by ``y_train.shape[0]`` as for ½-mean squared error
       (NT normalises by ``y_train.size``; for scalar outputs these agree).
     check: verify that the eigenvalues of I(X, X) have positive real part (eager; ``ValueError``).
-    **kernel_fn_kwargs: passed to ``kernel_fn``.
+    **kernel_fn_kwargs: passed to ``kernel_fn`` (which is jitted; these are closed over).
 
   Returns:
     ``predict_fn(t=None, x_test=None, compute_cov=True)`` -> ``mean`` or ``(mean, cov)``;
@@ -145,7 +149,9 @@ def gradient_descent_mse_sg_ensemble(
   y_train = jnp.asarray(y_train)
   if x_train.shape[0] != y_train.shape[0]:
     raise ValueError(f"x_train {x_train.shape} and y_train {y_train.shape} differ in length")
-  k_train = kernel_fn(x_train, x_train, ("nngp", "ntk"), **kernel_fn_kwargs)
+  kernel_both = jax.jit(lambda a, b: kernel_fn(a, b, ("nngp", "ntk"), **kernel_fn_kwargs))
+  nngp_self = jax.jit(lambda a: kernel_fn(a, None, "nngp", **kernel_fn_kwargs))
+  k_train = kernel_both(x_train, x_train)
   if check:
     check_convergent(k_train.ntk)
   n = y_train.shape[0]
@@ -161,8 +167,8 @@ def gradient_descent_mse_sg_ensemble(
         raise ValueError(
           f"x_test {x_test.shape} and x_train {x_train.shape} have different feature shapes"
         )
-      k_tx = kernel_fn(x_test, x_train, ("nngp", "ntk"), **kernel_fn_kwargs)
-      s_tt = kernel_fn(x_test, None, "nngp", **kernel_fn_kwargs) if compute_cov else None
+      k_tx = kernel_both(x_test, x_train)
+      s_tt = nngp_self(x_test) if compute_cov else None
     return gp_moments(
       k_tx.ntk,
       k_train.ntk,
