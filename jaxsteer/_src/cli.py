@@ -1,0 +1,313 @@
+"""``python -m jaxsteer``: generate, attribute, fit and evaluate GrAInS steering from the shell.
+
+GrAInS (Nguyen et al., 2025): contrastive Integrated Gradients pick the prompt tokens that drive a
+preferred vs. dispreferred answer; masking them gives activation deltas whose principal directions
+steer the residual stream. Every subcommand prints one JSON object on stdout; errors go to stderr
+with exit code 2.
+
+  python -m jaxsteer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 32
+  python -m jaxsteer attribute --model M --prompt "Q: ...\\nA:" --preferred Yes --dispreferred No
+  python -m jaxsteer fit --model M --pairs pairs.jsonl --layers 3,4 --out vecs/
+  python -m jaxsteer fit --model M --truthfulqa v1 --n 50 --data ../shared/data --layers 3 --out v/
+  python -m jaxsteer generate --model M --prompt "..." --vectors vecs/ --alpha 4
+  python -m jaxsteer eval truthfulqa --model M --vectors vecs/ --alpha 4 --set v1 --limit 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+from typing import Any
+
+import numpy as np
+
+
+class CLIError(Exception):
+  """A user error: printed on stderr, exit code 2."""
+
+
+def _parse_layers(text: str) -> list[int]:
+  try:
+    layers = [int(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"--layers must be comma-separated integers, got {text!r}"
+    ) from None
+  if not layers:
+    raise argparse.ArgumentTypeError("--layers is empty")
+  return layers
+
+
+def _positive_int(text: str) -> int:
+  try:
+    v = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+  if v < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+  return v
+
+
+def _add_model(p: argparse.ArgumentParser, steer: bool = False) -> None:
+  p.add_argument("--model", required=True, help="HF model dir, hub id or llama2.c .bin")
+  p.add_argument("--tokenizer", help="tokenizer path (default: found beside the model)")
+  p.add_argument("--dtype", help="parameter/compute dtype, e.g. float32 or bfloat16")
+  if steer:
+    p.add_argument("--vectors", help="directory of saved SteeringVectors (from `fit`)")
+    p.add_argument("--alpha", type=float, help="steering strength (needs --vectors; default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    prog="python -m jaxsteer", description="GrAInS steering in JAX; every command prints JSON."
+  )
+  sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+  g = sub.add_parser("generate", help="generate text (optionally steered)")
+  _add_model(g, steer=True)
+  g.add_argument("--prompt", required=True)
+  g.add_argument("--max-new-tokens", type=_positive_int, default=64)
+  g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+  g.add_argument("--top-p", type=float, default=1.0)
+  g.add_argument("--seed", type=int, default=0)
+
+  a = sub.add_parser("attribute", help="contrastive Integrated Gradients of one preference pair")
+  _add_model(a)
+  a.add_argument("--prompt", required=True)
+  a.add_argument("--preferred", required=True)
+  a.add_argument("--dispreferred", required=True)
+  a.add_argument("--steps", type=_positive_int, default=20)
+  a.add_argument("--html", help="write the coloured-token HTML here")
+  a.add_argument("--png", help="write a heatmap PNG here")
+
+  f = sub.add_parser("fit", help="fit GrAInS steering vectors and save them")
+  _add_model(f)
+  src = f.add_mutually_exclusive_group(required=True)
+  src.add_argument("--pairs", help='JSONL: {"prompt": ..., "preferred": ..., "dispreferred": ...}')
+  src.add_argument(
+    "--truthfulqa",
+    choices=["v1", "binary"],
+    help="use TruthfulQA steering pairs from the saved split (with --data, --n)",
+  )
+  f.add_argument("--n", type=_positive_int, default=50, help="TruthfulQA pairs (default 50)")
+  f.add_argument("--data", help="shared data dir for --truthfulqa (default $JAXSTEER_DATA)")
+  f.add_argument("--split-file", help="TruthfulQA split file (default: the saved one)")
+  f.add_argument("--layers", type=_parse_layers, required=True, help="e.g. 3,4")
+  f.add_argument("--k", type=_positive_int, default=10)
+  f.add_argument("--steps", type=_positive_int, default=20)
+  f.add_argument("--aggregate", choices=["pca", "mean"], default="pca")
+  f.add_argument("--mode", choices=["both", "pos"], default="both")
+  f.add_argument("--seed", type=int, default=0, help="seed of the TruthfulQA false answers")
+  f.add_argument("--out", required=True, help="output directory")
+
+  e = sub.add_parser("eval", help="benchmarks")
+  esub = e.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+  t = esub.add_parser("truthfulqa", help="TruthfulQA MC by log-likelihood (MC0/MC1/MC2)")
+  _add_model(t, steer=True)
+  t.add_argument("--set", choices=["v1", "binary"], default="v1")
+  t.add_argument("--limit", type=_positive_int)
+  t.add_argument("--split", choices=["eval", "steer", "all"], default="eval")
+  t.add_argument("--split-file", help="split file (default: experiments/grains/...)")
+  t.add_argument("--metrics", help="comma-separated subset of mc0,mc1,mc2")
+  t.add_argument("--data", help="shared data dir (default $JAXSTEER_DATA)")
+  t.add_argument("--batch-size", type=_positive_int, default=16)
+  t.add_argument("--no-progress", action="store_true")
+  return parser
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _load_model(args):
+  import jaxsteer
+
+  if not os.path.exists(args.model) and not _looks_like_hub_id(args.model):
+    raise FileNotFoundError(f"model not found: {args.model}")
+  if args.tokenizer and not os.path.exists(args.tokenizer):
+    raise FileNotFoundError(f"tokenizer not found: {args.tokenizer}")
+  lm = jaxsteer.load(args.model, tokenizer=args.tokenizer, dtype=args.dtype)
+  if lm.tokenizer is None:
+    raise CLIError(f"no tokenizer found for {args.model}; pass --tokenizer")
+  return lm
+
+
+def _looks_like_hub_id(s: str) -> bool:
+  import re
+
+  return bool(re.match(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$", s)) and not s.startswith((".", "/"))
+
+
+def _maybe_steer(lm, args) -> tuple[Any, dict]:
+  if args.vectors is None:
+    if args.alpha is not None:
+      raise CLIError("--alpha needs --vectors")
+    return lm, {}
+  import jaxsteer
+  from jaxsteer.grains import SteeringVectors
+
+  vecs = SteeringVectors.load(args.vectors)
+  bad = [lay for lay in vecs.layers if not 0 <= lay < lm.config.num_layers]
+  if bad or vecs.vectors.shape[1] != lm.config.hidden_size:
+    raise CLIError(
+      f"steering vectors in {args.vectors} (layers {list(vecs.layers)}, width "
+      f"{vecs.vectors.shape[1]}) do not fit this model ({lm.config.num_layers} layers, hidden "
+      f"size {lm.config.hidden_size})"
+    )
+  alpha = 1.0 if args.alpha is None else args.alpha
+  info = {"vectors": str(args.vectors), "alpha": alpha, "layers": list(vecs.layers)}
+  return jaxsteer.steer(lm, vecs, alpha), info
+
+
+def _data_dir(args) -> pathlib.Path:
+  d = args.data or os.environ.get("JAXSTEER_DATA")
+  if not d:
+    raise CLIError("where is the data? pass --data DIR or set JAXSTEER_DATA")
+  d = pathlib.Path(d)
+  if not d.exists():
+    raise FileNotFoundError(f"data directory not found: {d}")
+  return d
+
+
+def cmd_generate(args) -> dict:
+  lm = _load_model(args)
+  lm, info = _maybe_steer(lm, args)
+  text = lm.generate(
+    args.prompt,
+    max_new_tokens=args.max_new_tokens,
+    temperature=args.temperature,
+    top_p=args.top_p,
+    seed=args.seed,
+  )
+  return {"prompt": args.prompt, "completion": text, "steering": info or None}
+
+
+def cmd_attribute(args) -> dict:
+  from jaxsteer import attribution
+
+  lm = _load_model(args)
+  res = attribution.contrastive(
+    lm, args.prompt, args.preferred, args.dispreferred, steps=args.steps
+  )
+  out = {
+    "objective": float(res.objective),
+    "baseline_objective": float(res.baseline_objective),
+    "delta": float(res.delta),
+    "tokens_pos": list(res.tokens_pos),
+    "scores_pos": np.asarray(res.scores_pos, np.float64).tolist(),
+    "tokens_neg": list(res.tokens_neg),
+    "scores_neg": np.asarray(res.scores_neg, np.float64).tolist(),
+  }
+  if args.html:
+    _write_text(args.html, res.to_html())
+    out["html"] = args.html
+  if args.png:
+    pathlib.Path(args.png).parent.mkdir(parents=True, exist_ok=True)
+    res.plot(args.png)
+    out["png"] = args.png
+  return out
+
+
+def _write_text(path, text: str) -> None:
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def read_pairs(path) -> list:
+  """Reads ``Pair``s from a JSONL file of ``{"prompt", "preferred", "dispreferred"}`` objects."""
+  from jaxsteer.grains import Pair
+
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"pairs file not found: {path}")
+  pairs = []
+  for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} line {n}: not valid JSON ({e})") from None
+    keys = ("prompt", "preferred", "dispreferred")
+    if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
+      raise ValueError(f"{path} line {n}: need string fields {', '.join(keys)}")
+    pairs.append(Pair(row["prompt"], row["preferred"], row["dispreferred"]))
+  if not pairs:
+    raise ValueError(f"{path}: no pairs")
+  return pairs
+
+
+def cmd_fit(args) -> dict:
+  from jaxsteer import evals, grains
+
+  if args.pairs:
+    pairs = read_pairs(args.pairs)
+    source = {"pairs": str(args.pairs)}
+  else:
+    ds = evals.load_truthfulqa(_data_dir(args), args.truthfulqa)
+    pairs = evals.steering_pairs(ds, n=args.n, seed=args.seed, split=args.split_file)
+    source = {"truthfulqa": args.truthfulqa, "n": args.n, "seed": args.seed}
+  lm = _load_model(args)
+  bad = [lay for lay in args.layers if not 0 <= lay < lm.config.num_layers]
+  if bad:
+    raise CLIError(f"--layers {bad} out of range: the model has {lm.config.num_layers} layers")
+  vecs = grains.fit(
+    lm,
+    pairs,
+    layers=args.layers,
+    k=args.k,
+    steps=args.steps,
+    aggregate=args.aggregate,
+    mode=args.mode,
+  )
+  path = vecs.save(args.out)
+  return {
+    "out": str(path),
+    "num_pairs": len(pairs),
+    "layers": list(vecs.layers),
+    "norms": [float(np.linalg.norm(v)) for v in vecs.vectors],
+    **source,
+  }
+
+
+def cmd_eval(args) -> dict:
+  from jaxsteer import evals
+
+  ds = evals.load_truthfulqa(_data_dir(args), args.set)
+  metrics = args.metrics.split(",") if args.metrics else None
+  lm = _load_model(args)
+  lm, info = _maybe_steer(lm, args)
+  res = evals.evaluate_truthfulqa(
+    lm,
+    ds,
+    split=args.split,
+    split_path=args.split_file,
+    metrics=metrics,
+    limit=args.limit,
+    batch_size=args.batch_size,
+    progress=not args.no_progress,
+  )
+  res["model"] = str(args.model)
+  res["steering"] = info or None
+  return res
+
+
+COMMANDS = {"generate": cmd_generate, "attribute": cmd_attribute, "fit": cmd_fit, "eval": cmd_eval}
+
+
+def main(argv=None) -> int:
+  """Entry point; returns the exit code (0 ok, 2 usage or input error)."""
+  parser = build_parser()
+  args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
+  try:
+    out = COMMANDS[args.command](args)
+  except (CLIError, FileNotFoundError, ValueError) as e:
+    print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(out, ensure_ascii=False))
+  return 0
