@@ -76,8 +76,9 @@ def test_model_recoding_equals_public_recode_on_one_step():
   model, params = _setup()
   x, y = _tokens(2, n=2)
   rc = _rc("surprisal")
-  out = _fwd(model, params, x, y, rc, 0.7)
-  base = _fwd(model, params, x, y, recoder.RecodingConfig(), 0.0)
+  fwd = jax.jit(_fwd, static_argnums=(0, 4))
+  out = fwd(model, params, x, y, rc, 0.7)
+  base = fwd(model, params, x, y, recoder.RecodingConfig(), 0.0)
   v = {"params": params}
 
   def error_fn(nodes):
@@ -95,14 +96,12 @@ def test_model_recoding_equals_public_recode_on_one_step():
     logits = model.apply(v, inp, method=recoder.LSTMLM.decode)
     return -jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, :1], -1)[:, 0]
 
-  ref = recoder.recode(base.state, error_fn, 0.7)
+  ref = jax.jit(lambda s: recoder.recode(s, error_fn, 0.7))(base.state)
   assert_close(out.state["h"], ref["h"])
   assert_close(out.state["c"], ref["c"])
 
 
-@pytest.mark.parametrize(
-  "name,step_type", [(s, "fixed") for s in SIGNALS] + [("surprisal", "mlp"), ("entropy", "learned")]
-)
+@pytest.mark.parametrize("name,step_type", [(s, "fixed") for s in SIGNALS] + [("surprisal", "mlp")])
 def test_no_leakage_future_tokens_do_not_move_past_predictions(name, step_type):
   """p(token t+1 | ...) must depend on tokens <= t only, for every signal.
 
@@ -113,11 +112,14 @@ def test_no_leakage_future_tokens_do_not_move_past_predictions(name, step_type):
   rc = _rc(name, step_type=step_type, mlp_hidden=(4,))
   sp = recoder.init_step_params(jax.random.key(3), rc, L, H)
   seq = np.asarray(jax.random.randint(jax.random.key(4), (B, T + 1), 0, V), np.int32)
-  fwd = jax.jit(_fwd, static_argnums=(0, 4, 8))
+  fwd = jax.jit(
+    lambda m, p, x, y, rc, eta, sp, train: _fwd(m, p, x, y, rc, eta, step_params=sp, train=train),
+    static_argnums=(0, 4, 7),
+  )
   for k0 in (2, 5):
     pert = seq.copy()
     pert[:, k0:] = (pert[:, k0:] + 1 + np.arange(T + 1 - k0)) % V
-    for train in (False, True):
+    for train in (False, True) if (name, step_type) == ("surprisal", "fixed") else (False,):
       a = fwd(model, params, seq[:, :-1], seq[:, 1:], rc, 1.5, sp, train)
       b = fwd(model, params, pert[:, :-1], pert[:, 1:], rc, 1.5, sp, train)
       np.testing.assert_array_equal(a.logprobs[:, :k0], b.logprobs[:, :k0])
