@@ -1,1 +1,66 @@
-"""paca_jax (placeholder; see README)."""
+"""paca_jax: PaCA (Woo et al., "PaCA: Partial Connection Adaptation for Efficient Fine-Tuning",
+ICLR 2025) in JAX/Flax, with LoRA and full fine-tuning baselines under one sharded train step.
+
+Usage::
+
+  import paca_jax
+  plan = paca_jax.select(params, targets=r".*_proj", rank=16, key=jax.random.key(0))
+  trainer = paca_jax.Trainer(paca_jax.Paca(plan), paca_jax.lm_loss_fn(model), optax.adam(1e-3))
+  state = trainer.init(params)
+  state, loss = trainer.step(state, {"x": tokens, "y": targets})
+"""
+
+from paca_jax import lora, models
+from paca_jax._src.adapters import (
+  Full,
+  Lora,
+  LoraPlan,
+  Paca,
+  PacaInt8,
+  dequantize_int8,
+  int8_partial_matmul,
+  intercept,
+  lora_plan,
+  quantize_int8,
+  write_rows,
+)
+from paca_jax._src.ops import partial_matmul
+from paca_jax._src.plan import SELECTORS, Plan, PlanEntry, register_selector, select
+from paca_jax._src.training import (
+  DEFAULT_RULES,
+  Trainer,
+  TrainState,
+  lm_loss_fn,
+  logical_axes,
+  make_mesh,
+  tree_shardings,
+)
+
+__all__ = [
+  "DEFAULT_RULES",
+  "Full",
+  "Lora",
+  "LoraPlan",
+  "Paca",
+  "PacaInt8",
+  "Plan",
+  "PlanEntry",
+  "SELECTORS",
+  "TrainState",
+  "Trainer",
+  "dequantize_int8",
+  "int8_partial_matmul",
+  "intercept",
+  "lm_loss_fn",
+  "logical_axes",
+  "lora",
+  "lora_plan",
+  "make_mesh",
+  "models",
+  "partial_matmul",
+  "quantize_int8",
+  "register_selector",
+  "select",
+  "tree_shardings",
+  "write_rows",
+]

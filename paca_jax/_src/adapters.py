@@ -1,0 +1,440 @@
+"""PaCA, int8 PaCA, LoRA and full fine-tuning on an unmodified Flax Linen model.
+
+PaCA (Woo et al., "PaCA: Partial Connection Adaptation for Efficient Fine-Tuning", ICLR 2025)
+trains ``r`` rows of every targeted ``(in, out)`` kernel. Here it reaches any Linen model through
+``flax.linen.intercept_methods``: calls of ``nn.Dense`` / ``nn.DenseGeneral`` modules whose path is
+in the plan are answered by :func:`partial_matmul`; the model's code is never touched.
+
+Every method is a frozen (hashable) dataclass with the same small interface, used by the train
+step::
+
+  method = paca_jax.Paca(plan)                      # or PacaInt8(plan), Lora(lora_plan), Full()
+  frozen, trainable = method.init(params, key)      # trainable: float32, only what is trained
+  frozen = method.prepare(frozen, trainable)        # PaCA: write rows into the kernels (start of step)
+  with method.context(frozen, trainable):           # PaCA / LoRA: interceptors
+    logits = model.apply({"params": method.model_params(frozen, trainable)}, tokens)
+  merged = method.merge(frozen, trainable)          # a plain params tree for export
+
+Trainable trees are nested dicts that mirror the model's module paths, with leaves ``rows``
+(PaCA, ``(r, out)``), ``a``/``b`` (LoRA), or the whole params tree (full fine-tuning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from paca_jax._src.ops import partial_matmul, take_rows, write_rows_into
+from paca_jax._src.plan import Plan, PlanEntry, find_kernels, match_targets, path_seed
+from paca_jax._src.tree import delete_path, get_path, iter_paths, nested_from_paths, set_path
+from paca_jax._src.tree import unwrap as _unwrap
+
+__all__ = [
+  "Paca",
+  "PacaInt8",
+  "Lora",
+  "LoraPlan",
+  "Full",
+  "intercept",
+  "write_rows",
+  "quantize_int8",
+  "dequantize_int8",
+  "int8_partial_matmul",
+  "lora_plan",
+]
+
+
+# ----------------------------------------------------------------------------- interception
+
+
+def _module_path(module) -> str:
+  return "/".join(str(p) for p in module.path)
+
+
+def _dense_geometry(module, kernel_shape):
+  """(in, out_shape) of a Dense / DenseGeneral that contracts only the last input axis."""
+  if isinstance(module, nn.DenseGeneral):
+    axis = module.axis if isinstance(module.axis, tuple) else (module.axis,)
+    if axis not in ((-1,),) or tuple(module.batch_dims) != ():
+      raise ValueError(
+        f"module {_module_path(module)!r}: only DenseGeneral with axis=-1 and no batch_dims is "
+        f"supported (got axis={module.axis}, batch_dims={module.batch_dims})"
+      )
+  return kernel_shape[0], tuple(kernel_shape[1:])
+
+
+def _bias(module, dtype, out_shape):
+  if not module.use_bias:
+    return None
+  b = module.get_variable("params", "bias")
+  return None if b is None else jnp.asarray(b, dtype).reshape(int(np.prod(out_shape)))
+
+
+@contextlib.contextmanager
+def _intercepting(paths, compute, strict: bool = True):
+  """Routes ``__call__`` of targeted Dense/DenseGeneral modules to ``compute(module, x, path)``."""
+  paths = frozenset(paths)
+  seen = set()
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if context.method_name != "__call__" or not isinstance(module, nn.Dense | nn.DenseGeneral):
+      return next_fun(*args, **kwargs)
+    path = _module_path(module)
+    if path not in paths:
+      return next_fun(*args, **kwargs)
+    seen.add(path)
+    (x,) = args
+    return compute(module, x, path, next_fun)
+
+  with nn.intercept_methods(interceptor):
+    yield
+  missing = paths - seen
+  if strict and seen and missing:
+    raise ValueError(
+      f"adapted modules were not called as nn.Dense/nn.DenseGeneral: {sorted(missing)} "
+      "(their kernels would silently stay frozen)"
+    )
+
+
+def _paca_compute(plan: Plan, rows, merged: bool):
+  def compute(module, x, path, next_fun):
+    del next_fun
+    e = plan[path]
+    kernel = module.get_variable("params", "kernel")
+    _, out_shape = _dense_geometry(module, kernel.shape)
+    dtype = module.dtype or jnp.result_type(x.dtype, kernel.dtype)
+    k2 = kernel.reshape(e.in_features, e.out_features).astype(dtype)
+    y = partial_matmul(x.astype(dtype), k2, get_path(rows, path)["rows"], e.idx, merged=merged)
+    b = _bias(module, dtype, out_shape)
+    if b is not None:
+      y = y + b
+    return y.reshape(*x.shape[:-1], *out_shape)
+
+  return compute
+
+
+def intercept(plan: Plan, rows, *, merged: bool = False, strict: bool = True):
+  """Context manager: targeted Dense calls compute ``x @ kernel.at[idx].set(rows)`` with PaCA's VJP.
+
+  Args:
+    plan: the static PaCA plan.
+    rows: nested dict ``{module path...: {"rows": (r, out)}}`` (the trainable tree).
+    merged: the kernels already hold the rows (after :func:`write_rows`), so the forward is one
+      GEMM. With ``merged=False`` the output is exact for any kernel values.
+    strict: raise if a planned module was never reached as a Dense call during the block.
+  """
+  return _intercepting(plan.paths, _paca_compute(plan, rows, merged), strict)
+
+
+def write_rows(params, plan: Plan, rows):
+  """``kernel.at[idx].set(rows)`` for every planned module (functional; in place under donation)."""
+  params = _unwrap(params)
+  for e in plan:
+    k = get_path(params, e.path)["kernel"]
+    r = get_path(rows, e.path)["rows"].reshape(e.rank, *e.shape[1:])
+    params = set_path(params, e.path + "/kernel", write_rows_into(k, e.idx, r))
+  return params
+
+
+def _init_rows(params, plan: Plan):
+  params = _unwrap(params)
+  out = {}
+  for e in plan:
+    k = get_path(params, e.path)["kernel"]
+    out[e.path] = {"rows": take_rows(k, e.idx).reshape(e.rank, e.out_features).astype(jnp.float32)}
+  return nested_from_paths(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Paca:
+  """PaCA: the trainable tree holds only the selected rows (float32); kernels are frozen.
+
+  The rows are written into the (donated) kernels once per optimizer step, at the *start* of the
+  step, so the forward and backward read the scatter's result and XLA can update the donated
+  buffer in place (spec section 7.2). After a step the returned kernels are one update behind the
+  rows; call :meth:`merge` (or the train state's flush) before eval, export or saving.
+  """
+
+  plan: Plan
+  name: str = "paca"
+
+  def init(self, params, key=None):
+    del key
+    params = _unwrap(params)
+    return params, _init_rows(params, self.plan)
+
+  def prepare(self, frozen, trainable):
+    return write_rows(frozen, self.plan, trainable)
+
+  def model_params(self, frozen, trainable):
+    del trainable
+    return frozen
+
+  def context(self, frozen, trainable):
+    del frozen
+    return intercept(self.plan, trainable, merged=True)
+
+  def merge(self, frozen, trainable):
+    return write_rows(frozen, self.plan, trainable)
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
+# ------------------------------------------------------------------------------- int8 PaCA
+
+
+def quantize_int8(w: jax.Array):
+  """Per-output-channel absmax int8: ``w ~= q * scale`` with ``q`` int8 ``(in, out)``."""
+  w = jnp.asarray(w, jnp.float32)
+  scale = jnp.max(jnp.abs(w), axis=0) / 127.0
+  scale = jnp.where(scale == 0, 1.0, scale)
+  q = jnp.clip(jnp.round(w / scale), -127, 127).astype(jnp.int8)
+  return q, scale
+
+
+def dequantize_int8(q, scale, dtype=jnp.float32):
+  return (q.astype(jnp.float32) * scale).astype(dtype)
+
+
+def _dot_last(a, b_t):
+  """``a @ b_t.T`` contracting the last axes, without materialising ``b_t.T``."""
+  return jax.lax.dot_general(a, b_t, (((a.ndim - 1,), (1,)), ((), ())))
+
+
+@jax.custom_vjp
+def _q8_pmm(x, q, scale, p, idx):
+  cdt = x.dtype
+  y = jnp.matmul(x, q.astype(cdt)) * scale.astype(cdt)
+  x_sel = x.at[..., idx].get(indices_are_sorted=True, unique_indices=True)
+  return y + jnp.matmul(x_sel, p.astype(cdt))
+
+
+def _q8_fwd(x, q, scale, p, idx):
+  x_sel = x.at[..., idx].get(indices_are_sorted=True, unique_indices=True)
+  return _q8_pmm(x, q, scale, p, idx), (x_sel, q, scale, p, idx)
+
+
+def _q8_bwd(res, dy):
+  x_sel, q, scale, p, idx = res
+  cdt = x_sel.dtype
+  dys = dy.astype(cdt)
+  dx = _dot_last(dys * scale.astype(cdt), q.astype(cdt))
+  dx = dx.at[..., idx].add(_dot_last(dys, p.astype(cdt)), indices_are_sorted=True)
+  dp = jnp.einsum("...r,...o->ro", x_sel, dys, preferred_element_type=jnp.float32)
+  return dx, None, None, dp.astype(p.dtype), None
+
+
+_q8_pmm.defvjp(_q8_fwd, _q8_bwd)
+
+
+def int8_partial_matmul(x, q, scale, p, idx):
+  """``x @ w'`` where ``w'`` is the int8 base ``q * scale`` with rows ``idx`` replaced by ``p``.
+
+  ``q`` must hold zeros in rows ``idx`` (see :class:`PacaInt8`); the base is dequantised inside
+  the matmul, the rows stay in float. Saves only ``x[..., idx]``; gradients for ``x`` and ``p``.
+  """
+  return _q8_pmm(x, q, scale, p, jnp.asarray(idx, jnp.int32))
+
+
+@dataclasses.dataclass(frozen=True)
+class PacaInt8:
+  """Quantised PaCA: frozen int8 base (per-output-channel absmax), selected rows in float32.
+
+  The targeted kernels leave the params tree; ``frozen = {"params": rest, "quant": {path: {"q",
+  "qscale"}}}``. The selected rows are zeroed before quantising, so the base never holds them.
+  """
+
+  plan: Plan
+  name: str = "paca_int8"
+
+  def init(self, params, key=None):
+    del key
+    params = _unwrap(params)
+    rows = _init_rows(params, self.plan)
+    quant = {}
+    rest = params
+    for e in self.plan:
+      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
+      k0 = write_rows_into(k.astype(jnp.float32), e.idx, jnp.zeros((e.rank, e.out_features)))
+      q, s = quantize_int8(k0)
+      quant[e.path] = {"q": q, "qscale": s}
+      rest = delete_path(rest, e.path + "/kernel")
+    return {"params": rest, "quant": nested_from_paths(quant)}, rows
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return frozen["params"]
+
+  def context(self, frozen, trainable):
+    plan = self.plan
+
+    def compute(module, x, path, next_fun):
+      e = plan[path]
+      qd = get_path(frozen["quant"], path)
+      _, out_shape = _dense_geometry(module, e.shape)
+      dtype = module.dtype or x.dtype
+      y = int8_partial_matmul(
+        x.astype(dtype), qd["q"], qd["qscale"], get_path(trainable, path)["rows"], e.idx
+      )
+      b = _bias(module, dtype, out_shape)
+      if b is not None:
+        y = y + b
+      return y.reshape(*x.shape[:-1], *out_shape)
+
+    return _intercepting(plan.paths, compute)
+
+  def merge(self, frozen, trainable, dtype=jnp.float32):
+    params = frozen["params"]
+    for e in self.plan:
+      qd = get_path(frozen["quant"], e.path)
+      k = dequantize_int8(qd["q"], qd["qscale"], dtype)
+      k = write_rows_into(k, e.idx, get_path(trainable, e.path)["rows"])
+      params = set_path(params, e.path + "/kernel", k.reshape(e.shape))
+    return params
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
+# ------------------------------------------------------------------------------------ LoRA
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraPlan:
+  """Static LoRA plan: adapted module paths and kernel shapes, rank and alpha (scale alpha/r)."""
+
+  entries: tuple[PlanEntry, ...]
+  rank: int
+  alpha: float
+
+  @property
+  def paths(self):
+    return tuple(e.path for e in self.entries)
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def __getitem__(self, path):
+    for e in self.entries:
+      if e.path == path:
+        return e
+    raise KeyError(path)
+
+  def __iter__(self):
+    return iter(self.entries)
+
+  def num_trainable(self) -> int:
+    return sum(self.rank * (e.in_features + e.out_features) for e in self.entries)
+
+
+def lora_plan(params, targets, rank: int, alpha: float | None = None) -> LoraPlan:
+  """LoRA on every targeted Dense kernel; ``alpha`` defaults to ``rank`` (scale 1).
+
+  Raises:
+    ValueError: nothing matched, or a non-positive rank.
+  """
+  if not isinstance(rank, int | np.integer) or rank <= 0:
+    raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+  kernels = find_kernels(params)
+  paths = match_targets(sorted(kernels), targets)
+  if not paths:
+    raise ValueError(
+      f"target pattern {targets!r} matches no Dense kernel; module paths are: {sorted(kernels)}"
+    )
+  entries = tuple(PlanEntry(p, (), tuple(int(s) for s in kernels[p].shape)) for p in paths)
+  return LoraPlan(entries, int(rank), float(rank if alpha is None else alpha))
+
+
+@dataclasses.dataclass(frozen=True)
+class Lora:
+  """LoRA baseline: ``y = x @ W + (alpha / r) * (x @ A) @ B``, A ``(in, r)``, B ``(r, out)``.
+
+  A is initialised like PEFT (uniform in ``±1/sqrt(in)``, per-path key), B with zeros; both float32.
+  """
+
+  plan: LoraPlan
+  name: str = "lora"
+
+  def init(self, params, key=None):
+    params = _unwrap(params)
+    key = jax.random.key(0) if key is None else key
+    out = {}
+    for e in self.plan:
+      k = jax.random.fold_in(key, path_seed(e.path))
+      bound = 1.0 / np.sqrt(e.in_features)
+      a = jax.random.uniform(k, (e.in_features, self.plan.rank), jnp.float32, -bound, bound)
+      out[e.path] = {"a": a, "b": jnp.zeros((self.plan.rank, e.out_features), jnp.float32)}
+    return params, nested_from_paths(out)
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return frozen
+
+  def context(self, frozen, trainable):
+    del frozen
+    scale = self.plan.scale
+
+    def compute(module, x, path, next_fun):
+      y = next_fun(x)
+      ab = get_path(trainable, path)
+      dt = y.dtype
+      delta = jnp.matmul(jnp.matmul(x.astype(dt), ab["a"].astype(dt)), ab["b"].astype(dt))
+      return y + (scale * delta).reshape(y.shape).astype(dt)
+
+    return _intercepting(self.plan.paths, compute)
+
+  def merge(self, frozen, trainable):
+    params = frozen
+    for e in self.plan:
+      k = get_path(params, e.path)["kernel"]
+      ab = get_path(trainable, e.path)
+      d = (self.plan.scale * (ab["a"] @ ab["b"])).reshape(e.shape)
+      params = set_path(params, e.path + "/kernel", (k.astype(jnp.float32) + d).astype(k.dtype))
+    return params
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
+# ------------------------------------------------------------------------------------ full
+
+
+@dataclasses.dataclass(frozen=True)
+class Full:
+  """Full fine-tuning baseline: every parameter trainable, float32 masters, nothing frozen."""
+
+  name: str = "full"
+
+  def init(self, params, key=None):
+    del key
+    params = _unwrap(params)
+    return {}, jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return trainable
+
+  def context(self, frozen, trainable):
+    return contextlib.nullcontext()
+
+  def merge(self, frozen, trainable):
+    return trainable
+
+  def num_trainable(self, trainable=None) -> int:
+    if trainable is None:
+      raise ValueError("Full.num_trainable needs the trainable tree")
+    return sum(int(np.prod(a.shape)) for _, a in iter_paths(trainable))

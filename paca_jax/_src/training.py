@@ -1,0 +1,273 @@
+"""The jitted, donated, sharded train step shared by PaCA, int8 PaCA, LoRA and full fine-tuning.
+
+PaCA (Woo et al., ICLR 2025) writes its trainable rows into the frozen kernels once per optimizer
+step. The step here does that write *first* (``method.prepare``), so forward and backward read the
+scatter's output and XLA updates the donated kernel buffers in place; the returned kernels are one
+update behind, and :meth:`Trainer.flush` (also jitted and donated) writes the final rows before
+eval, export or checkpointing.
+
+Sharding comes from one logical-axis rule table (:data:`DEFAULT_RULES`): every leaf gets logical
+axes from its name (``kernel`` -> ``("in", "out")``, PaCA ``rows`` -> ``("rank", "out")``, ...),
+which the rules map to mesh axes; a dimension that the mesh axes do not divide stays replicated.
+
+Usage::
+
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  trainer = Trainer(paca_jax.Paca(plan), lm_loss_fn(model), optax.adam(1e-3), mesh=mesh)
+  state = trainer.init(params)
+  for batch in batches:
+    state, loss = trainer.step(state, batch)
+  state = trainer.flush(state)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from paca_jax._src.models import lm_loss
+
+__all__ = [
+  "DEFAULT_RULES",
+  "TrainState",
+  "Trainer",
+  "logical_axes",
+  "tree_shardings",
+  "lm_loss_fn",
+  "make_mesh",
+]
+
+# One table: logical axis name -> mesh axis (or tuple of axes, or None = replicated).
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+  ("batch", ("data", "fsdp")),
+  ("in", "fsdp"),
+  ("out", "tensor"),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("rank", None),
+  ("norm", None),
+  ("seq", None),
+)
+
+# Leaf name -> logical axes of its first dims (the rest are None).
+_LEAF_AXES = {
+  "kernel": ("in", "out"),
+  "q": ("in", "out"),
+  "embedding": ("vocab", "embed"),
+  "bias": ("out",),
+  "qscale": ("out",),
+  "rows": ("rank", "out"),
+  "a": ("in", "rank"),
+  "b": ("rank", "out"),
+  "scale": ("norm",),
+}
+
+
+def logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
+  """Logical axes of a leaf called ``name`` with ``ndim`` dimensions."""
+  axes = _LEAF_AXES.get(name, ())
+  axes = axes[:ndim]
+  return tuple(axes) + (None,) * (ndim - len(axes))
+
+
+def _spec(axes, shape, mesh, rules) -> PartitionSpec:
+  table = dict(rules)
+  used: set[str] = set()
+  out = []
+  for ax, n in zip(axes, shape):
+    m = table.get(ax) if ax is not None else None
+    names = () if m is None else ((m,) if isinstance(m, str) else tuple(m))
+    names = tuple(a for a in names if a in mesh.shape and a not in used)
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if names and n % size == 0:
+      used.update(names)
+      out.append(names[0] if len(names) == 1 else names)
+    else:
+      out.append(None)
+  return PartitionSpec(*out)
+
+
+def _leaf_name(path) -> str:
+  for k in reversed(path):
+    if isinstance(k, jax.tree_util.DictKey):
+      return str(k.key)
+    if isinstance(k, jax.tree_util.GetAttrKey):
+      return str(k.name)
+  return ""
+
+
+def tree_shardings(tree, mesh, rules=DEFAULT_RULES):
+  """A ``NamedSharding`` for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
+
+  def one(path, leaf):
+    shape = tuple(np.shape(leaf))
+    return NamedSharding(
+      mesh, _spec(logical_axes(_leaf_name(path), len(shape)), shape, mesh, rules)
+    )
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(batch, mesh, rules=DEFAULT_RULES):
+  return jax.tree.map(
+    lambda a: NamedSharding(
+      mesh, _spec(("batch",) + (None,) * (np.ndim(a) - 1), np.shape(a), mesh, rules)
+    ),
+    batch,
+  )
+
+
+def make_mesh(shape: Sequence[int], names: Sequence[str] = ("data", "fsdp", "tensor")):
+  return jax.make_mesh(
+    tuple(shape), tuple(names), axis_types=(jax.sharding.AxisType.Auto,) * len(shape)
+  )
+
+
+def lm_loss_fn(model) -> Callable:
+  """``loss(params, batch)`` for a causal LM: ``batch = {"x": tokens, "y": next tokens}``."""
+
+  def loss(params, batch):
+    return lm_loss(model.apply({"params": params}, batch["x"]), batch["y"])
+
+  return loss
+
+
+class TrainState(NamedTuple):
+  frozen: object
+  trainable: object
+  opt_state: object
+  step: jax.Array
+
+
+class Trainer:
+  """Builds the jitted step/flush/eval for one method, optimizer and (optional) mesh.
+
+  Args:
+    method: ``Paca``, ``PacaInt8``, ``Lora`` or ``Full`` (a frozen dataclass, static).
+    loss_fn: ``loss_fn(params, batch) -> scalar``; called under ``method.context``.
+    optimizer: an optax transformation over the trainable tree only.
+    mesh: a ``Mesh``; None runs on the default device without explicit shardings.
+    rules: the logical-axis rule table.
+  """
+
+  def __init__(self, method, loss_fn, optimizer, *, mesh=None, rules=DEFAULT_RULES):
+    self.method = method
+    self.loss_fn = loss_fn
+    self.optimizer = optimizer
+    self.mesh = mesh
+    self.rules = rules
+    self._step = None
+    self._flush = None
+    self._eval = None
+
+  # -- state
+
+  def init(self, params, key=None) -> TrainState:
+    """Splits ``params`` into frozen/trainable, places them on the mesh, builds the optimizer."""
+    frozen, trainable = self.method.init(params, key)
+    # Copies: the step donates its state, and the caller's ``params`` must stay valid.
+    frozen, trainable = jax.tree.map(lambda a: jnp.array(a, copy=True), (frozen, trainable))
+    if self.mesh is not None:
+      sh = (tree_shardings(frozen, self.mesh, self.rules),)
+      sh += (tree_shardings(trainable, self.mesh, self.rules),)
+      frozen, trainable = jax.device_put((frozen, trainable), sh)
+    opt_abs = jax.eval_shape(self.optimizer.init, trainable)
+    opt_sh = None if self.mesh is None else tree_shardings(opt_abs, self.mesh, self.rules)
+    opt_state = jax.jit(self.optimizer.init, out_shardings=opt_sh)(trainable)
+    step = jnp.zeros((), jnp.int32)
+    if self.mesh is not None:
+      step = jax.device_put(step, NamedSharding(self.mesh, PartitionSpec()))
+    return TrainState(frozen, trainable, opt_state, step)
+
+  def state_shardings(self, state):
+    if self.mesh is None:
+      return None
+    return TrainState(
+      tree_shardings(state.frozen, self.mesh, self.rules),
+      tree_shardings(state.trainable, self.mesh, self.rules),
+      tree_shardings(state.opt_state, self.mesh, self.rules),
+      NamedSharding(self.mesh, PartitionSpec()),
+    )
+
+  def shard_batch(self, batch):
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, batch)
+    return jax.device_put(batch, batch_sharding(batch, self.mesh, self.rules))
+
+  # -- compiled functions
+
+  def _loss(self, frozen, trainable, batch):
+    with self.method.context(frozen, trainable):
+      return self.loss_fn(self.method.model_params(frozen, trainable), batch)
+
+  def _build(self, state, batch):
+    method, opt = self.method, self.optimizer
+
+    def step(state, batch):
+      frozen = method.prepare(state.frozen, state.trainable)  # rows in, at the start (sec. 7.2)
+      loss, grads = jax.value_and_grad(lambda t: self._loss(frozen, t, batch))(state.trainable)
+      updates, opt_state = opt.update(grads, state.opt_state, state.trainable)
+      trainable = optax.apply_updates(state.trainable, updates)
+      return TrainState(frozen, trainable, opt_state, state.step + 1), loss
+
+    def evaluate(state, batch):
+      return self._loss(state.frozen, state.trainable, batch)
+
+    if self.mesh is None:
+      self._step = jax.jit(step, donate_argnums=(0,))
+      self._eval = jax.jit(evaluate)
+    else:
+      s_sh = self.state_shardings(state)
+      b_sh = batch_sharding(batch, self.mesh, self.rules)
+      rep = NamedSharding(self.mesh, PartitionSpec())
+      self._step = jax.jit(
+        step, in_shardings=(s_sh, b_sh), out_shardings=(s_sh, rep), donate_argnums=(0,)
+      )
+      self._eval = jax.jit(evaluate, in_shardings=(s_sh, b_sh), out_shardings=rep)
+
+  def lower_step(self, state, batch):
+    """The lowered step (for HLO / memory inspection); does not run it."""
+    batch = self.shard_batch(batch)
+    if self._step is None:
+      self._build(state, batch)
+    return self._step.lower(state, batch)
+
+  def step(self, state: TrainState, batch) -> tuple[TrainState, jax.Array]:
+    """One optimizer step. Donates ``state``: do not reuse the argument afterwards."""
+    batch = self.shard_batch(batch)
+    if self._step is None:
+      self._build(state, batch)
+    return self._step(state, batch)
+
+  def flush(self, state: TrainState) -> TrainState:
+    """Writes the current PaCA rows into the (donated) kernels; a no-op for other methods."""
+    if self._flush is None:
+      method = self.method
+
+      def flush(state):
+        return state._replace(frozen=method.prepare(state.frozen, state.trainable))
+
+      if self.mesh is None:
+        self._flush = jax.jit(flush, donate_argnums=(0,))
+      else:
+        s_sh = self.state_shardings(state)
+        self._flush = jax.jit(flush, in_shardings=(s_sh,), out_shardings=s_sh, donate_argnums=(0,))
+    return self._flush(state)
+
+  def eval_loss(self, state: TrainState, batch) -> jax.Array:
+    """Loss on ``batch``; ``state`` must be flushed (``flush``) after its last step."""
+    batch = self.shard_batch(batch)
+    if self._eval is None:
+      self._build(state, batch)
+    return self._eval(state, batch)
+
+  def merged_params(self, state: TrainState):
+    """A plain params tree with the adapter merged (a fresh copy; ``state`` stays valid)."""
+    return jax.jit(self.method.merge)(state.frozen, state.trainable)
