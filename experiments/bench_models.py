@@ -7,8 +7,9 @@ jaxsteer faster). Compile time (first call) is reported apart from the steady-st
 every JAX timing ends with ``block_until_ready``.
 
 * prefill: one forward over ``batch x prompt_len`` tokens (logits for all positions).
-* decode: greedy generation of ``new_tokens`` tokens with a KV cache; decode tokens/s is
-  ``batch * (new_tokens - 1) / (generate time - prefill time)`` for both frameworks.
+* decode: greedy generation with a KV cache; decode tokens/s is
+  ``batch * (new_tokens - 1) / (time to generate new_tokens - time to generate 1)`` for both
+  frameworks (the prompt prefill cancels out).
 
 Usage::
 
@@ -95,31 +96,38 @@ def bench_config(
   h_first, h_pre = _timeit(hf_prefill, repeats)
   diff = float(np.abs(np.asarray(lm(j_ids, j_mask)) - hf_prefill().numpy()).max())
 
-  # -- decode (greedy, KV cache, no early stop)
-  jax_gen = lambda: lm.generate_ids(
-    j_ids, j_mask, max_new_tokens=new_tokens, temperature=0.0, stop_at_eos=False
-  )
+  # -- decode (greedy, KV cache, no early stop): time(new_tokens) - time(1) = new_tokens - 1 steps
+  def jax_gen(n):
+    return lambda: lm.generate_ids(
+      j_ids, j_mask, max_new_tokens=n, temperature=0.0, stop_at_eos=False
+    )
 
-  def hf_gen():
-    with torch.inference_mode():
-      return hf.generate(
-        input_ids=t_ids,
-        attention_mask=t_mask,
-        max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
-        do_sample=False,
-        use_cache=True,
-        pad_token_id=0,
-      )
+  def hf_gen(n):
+    def go():
+      with torch.inference_mode():
+        return hf.generate(
+          input_ids=t_ids,
+          attention_mask=t_mask,
+          max_new_tokens=n,
+          min_new_tokens=n,
+          do_sample=False,
+          use_cache=True,
+          pad_token_id=0,
+        )
 
-  j_gfirst, j_gen = _timeit(jax_gen, max(1, repeats // 2))
-  h_gfirst, h_gen = _timeit(hf_gen, max(1, repeats // 2))
-  same = bool(np.array_equal(jax_gen(), hf_gen()[:, prompt_len:].numpy()))
+    return go
+
+  r = max(1, repeats // 2)
+  j_gfirst, j_gen = _timeit(jax_gen(new_tokens), r)
+  j_1first, j_gen1 = _timeit(jax_gen(1), r)
+  h_gfirst, h_gen = _timeit(hf_gen(new_tokens), r)
+  _, h_gen1 = _timeit(hf_gen(1), r)
+  same = bool(np.array_equal(jax_gen(new_tokens)(), hf_gen(new_tokens)()[:, prompt_len:].numpy()))
 
   pre_tokens = batch * prompt_len
   dec_tokens = batch * (new_tokens - 1)
-  j_dec = dec_tokens / max(j_gen - j_pre, 1e-9)
-  h_dec = dec_tokens / max(h_gen - h_pre, 1e-9)
+  j_dec = dec_tokens / max(j_gen - j_gen1, 1e-9)
+  h_dec = dec_tokens / max(h_gen - h_gen1, 1e-9)
   return {
     "config": dict(kw, name=name),
     "batch": batch,
@@ -133,8 +141,10 @@ def bench_config(
       "decode_tokens_per_s": j_dec,
       "prefill_compile_s": j_first - j_pre,
       "generate_compile_s": j_gfirst - j_gen,
+      "generate_1_token_compile_s": j_1first - j_gen1,
       "prefill_s": j_pre,
       "generate_s": j_gen,
+      "generate_1_token_s": j_gen1,
     },
     "transformers": {
       "prefill_tokens_per_s": pre_tokens / h_pre,
@@ -142,6 +152,7 @@ def bench_config(
       "first_call_overhead_s": h_first - h_pre,
       "prefill_s": h_pre,
       "generate_s": h_gen,
+      "generate_1_token_s": h_gen1,
     },
     "ratio_prefill": (pre_tokens / j_pre) / (pre_tokens / h_pre),
     "ratio_decode": j_dec / h_dec,
