@@ -98,7 +98,9 @@ def test_contrastive_objective_equals_teacher_forced_logprobs(tiny):
 @pytest.mark.parametrize("baseline", ["pad", "mean"])
 def test_contrastive_delta_shrinks_with_steps(tiny, baseline):
   deltas = [
-    abs(attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=s, baseline=baseline).delta)
+    abs(
+      attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=s, baseline=baseline).delta
+    )
     for s in (2, 8, 32)
   ]
   assert deltas[2] < deltas[0] and deltas[2] < 1e-3
@@ -107,7 +109,10 @@ def test_contrastive_delta_shrinks_with_steps(tiny, baseline):
 def test_real_model_completeness(stories260k):
   ckpt, tok = stories260k
   lm = jaxsteer.load(str(ckpt), tokenizer=str(tok))
-  d = [abs(attribution.contrastive(lm, "Lily was very", "happy.", "sad.", steps=s).delta) for s in (10, 50)]
+  d = [
+    abs(attribution.contrastive(lm, "Lily was very", "happy.", "sad.", steps=s).delta)
+    for s in (10, 50)
+  ]
   assert d[1] < d[0] and d[1] < 0.05
 
 
