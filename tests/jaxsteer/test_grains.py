@@ -88,7 +88,7 @@ def test_selection_masks_the_top_tokens(lm, monkeypatch):
   )
   (rows, m_pos), (_, m_neg) = calls
   prompt_len = len(pair.prompt)
-  for seq, scores, mp, mn in (
+  for _seq, scores, mp, mn in (
     (0, res.scores_pos, m_pos[0], m_neg[0]),
     (1, res.scores_neg, m_pos[1], m_neg[1]),
   ):
