@@ -144,13 +144,17 @@ def make_eval_step(model, rc: RecodingConfig):
       key=key,
       train=False,
     )
-    return jnp.sum(out.nll), out.state
+    return out.nll, out.state
 
   return jax.jit(eval_step)
 
 
 def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, key, desc=None):
-  """Perplexity of a 1-d id stream cut into ``batch_size`` streams (state carried over)."""
+  """Perplexity of a 1-d id stream cut into ``batch_size`` streams (state carried over).
+
+  Every window has length ``bptt`` (the last one is padded and masked), so ``eval_step``
+  compiles once.
+  """
   check_token_ids(ids, model.cfg.vocab_size)
   streams = data_lib.batchify(ids, batch_size)
   hidden = zero_state(model.cfg, streams.shape[0])
@@ -158,9 +162,13 @@ def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, 
   it = data_lib.bptt_batches(streams, bptt)
   n = data_lib.num_bptt_batches(streams, bptt)
   for i, (x, y) in enumerate(tqdm(it, total=n, desc=desc, disable=desc is None, leave=False)):
-    s, hidden = eval_step(params, hidden, x, y, jax.random.fold_in(key, i), step_size)
-    total += float(s)
-    count += y.size
+    t = x.shape[1]
+    if t < bptt:  # pad the last window (causal model: padding never changes earlier positions)
+      x = np.pad(x, ((0, 0), (0, bptt - t)))
+      y = np.pad(y, ((0, 0), (0, bptt - t)))
+    nll, hidden = eval_step(params, hidden, x, y, jax.random.fold_in(key, i), step_size)
+    total += float(jnp.sum(nll[:, :t]))
+    count += t * x.shape[0]
   return math.exp(total / count), count
 
 
