@@ -80,7 +80,7 @@ def test_eval_unsteered(capsys, model, data_dir):
   assert code == 0 and set(out) >= {"mc1", "mc2"} and out["num_questions"] == 1
 
 
-def test_bad_input(capsys, model, pairs_file, tmp_path, monkeypatch):
+def test_bad_input(capsys, model, pairs_file, tmp_path, monkeypatch, data_dir):
   cases = [
     (["generate", "--model", tmp_path / "nope.bin", "--prompt", "x"], "model not found"),
     (["generate", "--model", model, "--prompt", "x", "--alpha", 2], "--alpha needs --vectors"),
@@ -99,6 +99,11 @@ def test_bad_input(capsys, model, pairs_file, tmp_path, monkeypatch):
     ),
     (["eval", "truthfulqa", "--model", model, "--data", tmp_path / "nodata"], "not found"),
     (["generate", "--model", model, "--prompt", ""], "empty prompt"),
+    (
+      ["fit", "--model", model, "--truthfulqa", "v1", "--n", 500, "--data", data_dir]
+      + ["--layers", "1", "--out", tmp_path / "o"],
+      "n must be in",
+    ),
   ]
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "a", "preferred": "b"}\n')

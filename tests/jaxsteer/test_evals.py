@@ -164,6 +164,7 @@ def test_steering_pairs(v1, binary):
   assert [p.dispreferred for p in pairs] != [
     p.dispreferred for p in evals.steering_pairs(v1, n=50, seed=1)
   ]
+  assert all(isinstance(p, jaxsteer.grains.Pair) for p in pairs)
   bp = evals.steering_pairs(binary, n=5)
   for p, i in zip(bp, evals.load_split(binary)["steer"]):
     assert (p.preferred, p.dispreferred) == (binary[i].best_answer, binary[i].false_answers[0])

@@ -333,10 +333,8 @@ def steering_pairs(dataset: TruthfulQA, n: int = 50, seed: int = 0, split=None) 
     seed: seeds the choice of the false answer.
     split: path of the split file (default ``experiments/grains/truthfulqa_split.json``).
   """
-  try:
-    from jaxsteer.grains import Pair
-  except ImportError:  # grains not importable (e.g. a partial install): a field-compatible tuple
-    Pair = _Pair
+  from jaxsteer.grains import Pair
+
   idx = load_split(dataset, split)["steer"]
   if not 1 <= n <= len(idx):
     raise ValueError(f"n must be in [1, {len(idx)}] (the split's steering questions), got {n}")
@@ -351,17 +349,6 @@ def steering_pairs(dataset: TruthfulQA, n: int = 50, seed: int = 0, split=None) 
       )
     )
   return pairs
-
-
-class _Pair(tuple):
-  __slots__ = ()
-
-  def __new__(cls, prompt, preferred, dispreferred):
-    return super().__new__(cls, (prompt, preferred, dispreferred))
-
-  prompt = property(lambda self: self[0])
-  preferred = property(lambda self: self[1])
-  dispreferred = property(lambda self: self[2])
 
 
 # ------------------------------------------------------------------------------------------------
