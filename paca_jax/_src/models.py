@@ -35,7 +35,9 @@ class LMConfig:
 
 
 CONFIGS: dict[str, LMConfig] = {
-  # Unit tests and the quick experiment (bytes as tokens).
+  # Unit tests.
+  "nano": LMConfig(vocab=64, dim=16, n_layers=1, n_heads=2, ffn=24),
+  # The CLI smoke test and the quick experiment (bytes as tokens).
   "tiny": LMConfig(),
   # The CPU benchmark.
   "small": LMConfig(vocab=256, dim=256, n_layers=2, n_heads=4, ffn=688),
