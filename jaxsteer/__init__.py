@@ -7,10 +7,11 @@
 """
 
 from jaxsteer import attribution as attribution
+from jaxsteer import evals as evals
 from jaxsteer import grains as grains
 from jaxsteer import models as models
 from jaxsteer._src.steering import steer as steer
 from jaxsteer.models import LanguageModel as LanguageModel
 from jaxsteer.models import load as load
 
-__all__ = ["LanguageModel", "attribution", "grains", "load", "models", "steer"]
+__all__ = ["LanguageModel", "attribution", "evals", "grains", "load", "models", "steer"]
