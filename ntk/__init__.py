@@ -25,7 +25,7 @@ from ntk._src import compat as _compat
 nt = _compat.import_neural_tangents()  # neural_tangents, imported under the layer
 
 from ntk import predict, stax  # noqa: E402
-from ntk._src.empirical import empirical_sg_ntk_fn, sg_mlp  # noqa: E402
+from ntk._src.empirical import checked_kernel_fn, empirical_sg_ntk_fn, sg_mlp  # noqa: E402
 from ntk._src.kernels import (  # noqa: E402
   analytic_sg_ntk,
   arcsine_nngp,
@@ -45,6 +45,7 @@ __all__ = [
   "SurrogateDerivative",
   "analytic_sg_ntk",
   "arcsine_nngp",
+  "checked_kernel_fn",
   "empirical_sg_ntk_fn",
   "gauss_hermite_2d",
   "get_surrogate",

@@ -16,6 +16,8 @@ Usage::
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import compat
@@ -110,4 +112,23 @@ def sg_mlp(
     layers += [nt.stax.Dense(int(width), W_std=w_std, b_std=b_std), act]
   scale = 1.0 if out_std is None else out_std / w_std
   layers.append(nt.stax.Dense(int(out_dim), W_std=w_std * scale, b_std=b_std * scale))
-  return nt.stax.serial(*layers)
+  init_fn, apply_fn, kernel_fn = nt.stax.serial(*layers)
+  return init_fn, apply_fn, checked_kernel_fn(kernel_fn)
+
+
+def checked_kernel_fn(kernel_fn):
+  """Wraps an NT ``kernel_fn`` so that inputs with different feature shapes raise ``ValueError``.
+
+  (NT itself fails deep inside ``Dense`` with a ``TypeError`` about ``dot_general``.)
+  """
+
+  @functools.wraps(kernel_fn)
+  def wrapped(x1, x2=None, get=None, **kwargs):
+    if x2 is not None and hasattr(x1, "shape") and hasattr(x2, "shape"):
+      if tuple(x1.shape[1:]) != tuple(x2.shape[1:]):
+        raise ValueError(
+          f"x1 and x2 must have the same feature shape, got {tuple(x1.shape)} and {tuple(x2.shape)}"
+        )
+    return kernel_fn(x1, x2, get, **kwargs)
+
+  return wrapped

@@ -54,6 +54,7 @@ def test_kernel_fn_serial_parallel(act):
       stax.Dense(1, 1.0, 0.1),
     ),
   )
+  kernel_fn = jax.jit(kernel_fn, static_argnums=2)
   ks = kernel_fn(x1, x2, ("nngp", "ntk"))
   assert isinstance(ks, list | tuple) and len(ks) == 2
   k = ks[0]
@@ -97,10 +98,9 @@ def test_empirical_ntk_fn_implementations(implementation):
   x1, x2 = _x(3), _x(2, seed=1)
   init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Erf(), stax.Dense(1))
   _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
-  fn = nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=implementation)
+  fn = jax.jit(nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=implementation))
   got = fn(x1, x2, params)
-  j1 = jax.jacobian(apply_fn)(params, x1)
-  j2 = jax.jacobian(apply_fn)(params, x2)
+  j1, j2 = jax.jit(lambda p: (jax.jacobian(apply_fn)(p, x1), jax.jacobian(apply_fn)(p, x2)))(params)
   flat = lambda j, n: jnp.concatenate(
     [leaf.reshape(n, -1) for leaf in jax.tree_util.tree_leaves(j)], axis=1
   )

@@ -7,14 +7,14 @@ import pytest
 from experiments.sgntk import run as sgntk_run
 
 TINY = sgntk_run.Config(
-  kernel_widths=(8, 32),
+  kernel_widths=(8,),
   kernel_ms=(2.0,),
-  kernel_nets=2,
+  kernel_nets=1,
   fig1_steps=3,
   fig2_steps=3,
   gp_widths=(8,),
   gp_ensemble=2,
-  gp_steps=10,
+  gp_steps=5,
   digits_train=40,
   digits_width=16,
   digits_ensemble=2,

@@ -230,8 +230,8 @@ def test_non_positive_parameters(make):
 
 
 def test_mismatched_feature_sizes():
-  _, _, kernel_fn = _net(ntk.stax.SurrogateSign("erf"))
-  with pytest.raises(ValueError):
+  _, _, kernel_fn = ntk.sg_mlp(8)
+  with pytest.raises(ValueError, match="same feature shape"):
     kernel_fn(np.ones((3, 2)), np.ones((4, 3)), "ntk")
   with pytest.raises(ValueError, match="equal d"):
     ntk.analytic_sg_ntk(np.ones((3, 2)), np.ones((4, 3)))
