@@ -122,3 +122,14 @@ def test_pictures(tiny, tmp_path):
   assert html.count("<span") == 4 + 4
   res.plot(tmp_path / "s.png")
   assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_contrastive_on_sharded_model_matches(tiny):
+  from jaxsteer.models import param_shardings
+
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  sharded = tiny.replace(params=jax.device_put(tiny.params, param_shardings(tiny.params, mesh)))
+  a = attribution.contrastive(sharded, [1, 5, 6, 7], [9, 10], [11], steps=4, chunk_size=2)
+  b = attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=4)
+  np.testing.assert_allclose(a.scores_pos, b.scores_pos, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(a.scores_neg, b.scores_neg, rtol=1e-4, atol=1e-5)

@@ -173,7 +173,10 @@ class LanguageModel:
     >>> lm.generate("Once upon a time", max_new_tokens=20)  # doctest: +SKIP
   """
 
-  def __init__(self, module, params, config, tokenizer=None, mesh=None, intercept=None):
+  def __init__(
+    self, module, params, config, tokenizer=None, mesh=None, intercept=None, source=None
+  ):
+    self.source = source
     self.module = module
     self.params = params
     self.config = config
@@ -190,6 +193,7 @@ class LanguageModel:
       tokenizer=self.tokenizer,
       mesh=self.mesh,
       intercept=self._intercept,
+      source=self.source,
     )
     fields.update(kw)
     return LanguageModel(**fields)
@@ -476,7 +480,7 @@ def load(
   dtype = jnp.dtype(dtype)
   params = loading.place(arrays, dtype, mesh, rules)
   module = CausalLM(cfg, dtype=dtype, param_dtype=dtype)
-  return LanguageModel(module, params, cfg, tok, mesh)
+  return LanguageModel(module, params, cfg, tok, mesh, source=str(source))
 
 
 def _make_tokenizer(tokenizer, cfg):
