@@ -174,7 +174,11 @@ class Trainer:
     frozen, trainable = self.method.init(params, key)
     # Copies: the step donates its state, and the caller's ``params`` must stay valid.
     frozen, trainable = jax.tree.map(lambda a: jnp.array(a, copy=True), (frozen, trainable))
-    if self.mesh is not None:
+    if self.mesh is None:
+      # Committed placement, so that states restored from a checkpoint (committed) hit the same
+      # compiled step as fresh ones.
+      frozen, trainable = jax.device_put((frozen, trainable), jax.devices()[0])
+    else:
       sh = (tree_shardings(frozen, self.mesh, self.rules),)
       sh += (tree_shardings(trainable, self.mesh, self.rules),)
       frozen, trainable = jax.device_put((frozen, trainable), sh)
@@ -184,6 +188,8 @@ class Trainer:
     step = jnp.zeros((), jnp.int32)
     if self.mesh is not None:
       step = jax.device_put(step, NamedSharding(self.mesh, PartitionSpec()))
+    else:
+      opt_state, step = jax.device_put((opt_state, step), jax.devices()[0])
     return TrainState(frozen, trainable, opt_state, step)
 
   def state_shardings(self, state):

@@ -1,0 +1,234 @@
+"""Fine-tuning CLI for PaCA (Woo et al., ICLR 2025), LoRA and full fine-tuning.
+
+  python -m paca_jax.train --model tiny --data input.txt --method paca --rank 8 --steps 200 \
+      --out runs/paca
+  python -m paca_jax.train --model $JAXSTEER_DATA/stories260K/stories260K.bin \
+      --data $JAXSTEER_DATA/tinyshakespeare/input.txt --method lora --rank 4 --out runs/lora
+
+``--model`` is a built-in config name (``paca_jax.models.CONFIGS``: byte-level tokens, random
+init) or anything ``jaxsteer.load`` reads (its tokenizer encodes the data). Batches are a pure
+function of (seed, step), and an orbax ``CheckpointManager`` in ``OUT/ckpt`` stores the trainable
+tree, the optimizer state, the step and the plan, so killing and re-running the same command
+continues with the same losses. A checkpoint whose plan differs from the requested one is
+refused. At the end the run writes ``OUT/merged/model.safetensors`` (adapter merged into the
+base, flat HF-style names with (out, in) weights) and, for PaCA and LoRA, an exact
+``OUT/lora_adapter`` (PEFT layout), plus ``OUT/summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import paca_jax
+from paca_jax._src.export import save_peft_adapter, save_safetensors, to_lora
+from paca_jax.models import CONFIGS, TinyLlama
+
+DEFAULT_TARGETS = r".*(q|k|v|o|gate|up|down)_proj"
+
+
+def _load_model(src: str, seed: int):
+  """(module, params, encode) for a built-in config name or a jaxsteer-loadable path."""
+  if src in CONFIGS:
+    cfg = CONFIGS[src]
+    model = TinyLlama(cfg)
+    params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+
+    def encode(text):
+      return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) % cfg.vocab
+
+    return model, params, encode
+  if not pathlib.Path(src).exists():
+    raise FileNotFoundError(f"--model: {src!r} is neither a config in {sorted(CONFIGS)} nor a path")
+  import jaxsteer
+
+  lm = jaxsteer.load(src, dtype=jnp.float32)
+  return lm.module, lm.params, lambda text: np.asarray(lm.encode(text, add_bos=False), np.int32)
+
+
+def _batch(tokens: np.ndarray, batch: int, seq: int, seed: int, step: int):
+  rng = np.random.default_rng([seed, step])
+  starts = rng.integers(0, len(tokens) - seq - 1, size=batch)
+  x = np.stack([tokens[s : s + seq + 1] for s in starts])
+  return {"x": x[:, :-1], "y": x[:, 1:]}
+
+
+def make_method(name: str, params, *, rank, alpha, targets, selector, seed):
+  if name in ("paca", "paca_int8"):
+    plan = paca_jax.select(params, targets, rank, jax.random.key(seed), selector=selector)
+    return paca_jax.Paca(plan) if name == "paca" else paca_jax.PacaInt8(plan)
+  if name == "lora":
+    return paca_jax.Lora(paca_jax.lora_plan(params, targets, rank, alpha))
+  if name == "full":
+    return paca_jax.Full()
+  raise ValueError(f"unknown method {name!r}")
+
+
+def _plan_json(method) -> str:
+  plan = getattr(method, "plan", None)
+  if plan is None:
+    return json.dumps({"method": method.name})
+  if isinstance(plan, paca_jax.Plan):
+    return json.dumps({"method": method.name, "plan": json.loads(plan.to_json())}, sort_keys=True)
+  return json.dumps(
+    {"method": method.name, "paths": list(plan.paths), "rank": plan.rank, "alpha": plan.alpha},
+    sort_keys=True,
+  )
+
+
+def build_parser():
+  p = argparse.ArgumentParser(prog="python -m paca_jax.train", description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True)
+  p.add_argument("--data", required=True, help="a UTF-8 text file")
+  p.add_argument("--method", choices=["paca", "paca_int8", "lora", "full"], default="paca")
+  p.add_argument("--rank", type=int, default=8)
+  p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+  p.add_argument("--targets", default=DEFAULT_TARGETS, help="regex over module paths")
+  p.add_argument("--selector", default="random")
+  p.add_argument("--steps", type=int, default=100)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--seq", type=int, default=64)
+  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", required=True)
+  p.add_argument("--ckpt-every", type=int, default=50)
+  p.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
+  p.add_argument("--eval-batches", type=int, default=4)
+  p.add_argument("--export", choices=["all", "merged", "lora", "none"], default="all")
+  p.add_argument("--stop-after", type=int, default=None, help="exit after this step (testing)")
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def run(args) -> dict:
+  import orbax.checkpoint as ocp
+
+  data_path = pathlib.Path(args.data)
+  if not data_path.is_file():
+    raise FileNotFoundError(f"--data: no such file {data_path}")
+  out = pathlib.Path(args.out).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  model, params, encode = _load_model(args.model, args.seed)
+  tokens = encode(data_path.read_text(encoding="utf-8"))
+  split = int(0.9 * len(tokens))
+  train_toks, eval_toks = tokens[:split], tokens[split:]
+  if min(len(train_toks), len(eval_toks)) < args.seq + 2:
+    raise ValueError(f"--data: too few tokens ({len(tokens)}) for --seq {args.seq}")
+  method = make_method(
+    args.method,
+    params,
+    rank=args.rank,
+    alpha=args.alpha,
+    targets=args.targets,
+    selector=args.selector,
+    seed=args.seed,
+  )
+  trainer = paca_jax.Trainer(method, paca_jax.lm_loss_fn(model), optax.adam(args.lr))
+  state = trainer.init(params, jax.random.key(args.seed + 1))
+  plan_json = _plan_json(method)
+
+  mngr = ocp.CheckpointManager(
+    out / "ckpt",
+    options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
+  )
+  start = 0
+  latest = mngr.latest_step()
+  if latest is not None:
+    meta = mngr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if meta["plan"] != plan_json:
+      raise ValueError(
+        f"checkpoint in {out / 'ckpt'} (step {latest}) was written with a different plan or method;"
+        " use another --out or the original --method/--rank/--targets/--selector/--seed"
+      )
+    target = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step}
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    got = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    # Same dtypes and placement as a fresh state, so the jitted step is not recompiled.
+    got = jax.tree.map(
+      lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
+      got["state"],
+      target,
+    )
+    state = state._replace(trainable=got["trainable"], opt_state=got["opt_state"], step=got["step"])
+    start = int(latest)
+
+  def save(step):
+    tree = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step}
+    mngr.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({"plan": plan_json})
+      ),
+      force=True,
+    )
+    mngr.wait_until_finished()
+
+  def eval_loss():
+    nonlocal state
+    state = trainer.flush(state)
+    ls = [
+      float(trainer.eval_loss(state, _batch(eval_toks, args.batch, args.seq, 10_000 + i, 0)))
+      for i in range(args.eval_batches)
+    ]
+    return float(np.mean(ls))
+
+  losses, evals, times = {}, {}, []
+  end = args.steps if args.stop_after is None else min(args.steps, args.stop_after)
+  bar = tqdm(range(start, end), initial=start, total=args.steps, disable=args.no_progress)
+  for i in bar:
+    b = _batch(train_toks, args.batch, args.seq, args.seed, i)
+    t0 = time.perf_counter()
+    state, loss = trainer.step(state, b)
+    loss = float(loss)
+    times.append(time.perf_counter() - t0)
+    losses[i + 1] = loss
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if args.eval_every and (i + 1) % args.eval_every == 0:
+      evals[i + 1] = eval_loss()
+    if (i + 1) % args.ckpt_every == 0 or i + 1 == end:
+      save(i + 1)
+  with (out / "losses.jsonl").open("a") as f:
+    for k, v in losses.items():
+      f.write(json.dumps({"step": k, "loss": v}) + "\n")
+  summary = {
+    "method": method.name,
+    "start_step": start,
+    "end_step": end,
+    "losses": losses,
+    "trainable_params": method.num_trainable(state.trainable),
+    "median_step_s": float(np.median(times[1:])) if len(times) > 1 else None,
+  }
+  if end < args.steps:
+    mngr.close()
+    return summary
+  evals[end] = eval_loss()
+  summary["eval_losses"] = evals
+  summary["eval_loss"] = evals[end]
+  if args.export in ("all", "merged"):
+    summary["merged"] = str(
+      save_safetensors(trainer.merged_params(state), out / "merged" / "model.safetensors")
+    )
+  if args.export in ("all", "lora") and args.method in ("paca", "lora"):
+    adapters = to_lora(method, params, state.trainable)
+    summary["lora_adapter"] = str(
+      save_peft_adapter(adapters, out / "lora_adapter", base_model=args.model)
+    )
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  mngr.close()
+  return summary
+
+
+def main(argv=None) -> dict:
+  return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+  main()
