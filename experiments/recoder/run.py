@@ -193,7 +193,7 @@ def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
   summary = {"mode": "full", "train_command": FULL_RUN_COMMAND, "eval_command": FULL_EVAL_COMMAND}
   for name in (
     "ptb_small_summary.json", "ptb_small_test.json", "ptb_small_valid_sweep_epoch1.json",
-    "bench.json",
+    "ptb_small_epoch2_test.json", "ptb_small_epoch2_test5k.json", "bench.json",
   ):  # fmt: skip
     f = RESULTS / name
     if f.is_file():
