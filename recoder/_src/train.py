@@ -282,7 +282,8 @@ def init_train_state(model, rc, tc, key):
       "decoder_w": std * jax.random.normal(ka, lm["decoder_w"].shape),
       "decoder_b": std * jax.random.normal(kb, lm["decoder_b"].shape),
     }
-    lm = {**lm, **anchors}  # members start at their anchors (Pearce et al. 2018)
+    # Members start at their anchors (Pearce et al. 2018); copies, since params are donated.
+    lm = {**lm, **jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), anchors)}
   params = {"lm": lm, "step": init_step_params(k_step, rc, cfg.num_layers, cfg.hidden_dim)}
   return params, anchors
 
