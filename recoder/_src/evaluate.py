@@ -75,7 +75,7 @@ def parse_variant(spec: str, trained: RecodingConfig | None = None, trained_step
   return RecodingConfig(signal=parts[0], **kw), step
 
 
-def load_run(run_dir):
+def load_run(run_dir, which: str = "best"):
   run_dir = pathlib.Path(run_dir)
   cfg_path = run_dir / "config.json"
   if not cfg_path.is_file():
@@ -84,7 +84,7 @@ def load_run(run_dir):
   lm = LMConfig(**cfg["lm"])
   rc = cfg["recoding"]
   rc["mlp_hidden"] = tuple(rc["mlp_hidden"])
-  params = restore_params(run_dir)
+  params = restore_params(run_dir, which=which)
   params.setdefault("step", {})
   return cfg, LSTMLM(lm), RecodingConfig(**rc), params
 
@@ -164,6 +164,12 @@ def build_parser():
   p.add_argument("--run", required=True, help="run directory written by recoder.train")
   p.add_argument("--data", default=None, help="corpus directory (default: the run's)")
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+  p.add_argument(
+    "--checkpoint",
+    default="best",
+    choices=["best", "latest"],
+    help="best validation checkpoint, or the latest training checkpoint",
+  )
   p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
   p.add_argument("--max-tokens", type=int, default=0, help="evaluate a prefix only (0 = all)")
   p.add_argument("--batch-size", type=int, default=10)
@@ -176,7 +182,7 @@ def build_parser():
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  cfg, model, trained_rc, params = load_run(args.run)
+  cfg, model, trained_rc, params = load_run(args.run, args.checkpoint)
   data_dir = args.data or cfg["args"]["data"]
   corpus = data_lib.load_corpus(data_dir, prefix=cfg["args"].get("prefix", "ptb."))
   if corpus.vocab.size != model.cfg.vocab_size:
@@ -198,7 +204,13 @@ def main(argv=None) -> int:
     trained_step=cfg["train"]["step_size"],
     progress=not args.no_progress,
   )
-  out = {"run": str(args.run), "split": args.split, "tokens": int(ids.shape[0]), "variants": res}
+  out = {
+    "run": str(args.run),
+    "checkpoint": args.checkpoint,
+    "split": args.split,
+    "tokens": int(ids.shape[0]),
+    "variants": res,
+  }
   text = json.dumps(out, indent=2)
   if args.out:
     path = pathlib.Path(args.out)

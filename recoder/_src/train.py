@@ -468,15 +468,16 @@ def train(args) -> dict:
   return summary
 
 
-def restore_params(run_dir, like=None):
-  """Parameters ``{"lm", "step"}`` of the best checkpoint of ``run_dir``."""
+def restore_params(run_dir, like=None, *, which: str = "best"):
+  """Parameters ``{"lm", "step"}`` of the ``best`` (or ``latest``) checkpoint of ``run_dir``."""
+  if which not in ("best", "latest"):
+    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
   run_dir = pathlib.Path(run_dir).resolve()
-  mngr = ocp.CheckpointManager(
-    run_dir / "best", options=ocp.CheckpointManagerOptions(read_only=True)
-  )
+  sub = run_dir / ("best" if which == "best" else "ckpt")
+  mngr = ocp.CheckpointManager(sub, options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step()
   if step is None:
-    raise FileNotFoundError(f"no best checkpoint under {run_dir / 'best'}")
+    raise FileNotFoundError(f"no checkpoint under {sub}")
   restored = mngr.restore(
     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
   )
