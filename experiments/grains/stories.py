@@ -40,7 +40,7 @@ SAD = ["was very sad and cried.", "was angry and felt hurt.", "felt scared and l
 @dataclasses.dataclass(frozen=True)
 class StoriesConfig:
   layers: tuple[int, ...] = (1, 2, 3, 4)
-  alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0)
+  alphas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
   max_new_tokens: int = 48
   k: int = 3
   steps: int = 20
