@@ -475,8 +475,8 @@ def load(
       if cand.is_file():
         tokenizer = cand
   tok = _make_tokenizer(tokenizer, cfg)
-  if dtype is None:
-    dtype = next(v.dtype for v in arrays.values() if np.dtype(v.dtype).kind == "f" or True)
+  if dtype is None:  # the checkpoint's floating dtype
+    dtype = next(iter(arrays.values())).dtype
   dtype = jnp.dtype(dtype)
   params = loading.place(arrays, dtype, mesh, rules)
   module = CausalLM(cfg, dtype=dtype, param_dtype=dtype)
