@@ -93,6 +93,9 @@ def build_parser():
   p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
   p.add_argument("--targets", default=DEFAULT_TARGETS, help="regex over module paths")
   p.add_argument("--selector", default="random")
+  p.add_argument(
+    "--max-chars", type=int, default=0, help="use only the first N characters (0: all)"
+  )
   p.add_argument("--steps", type=int, default=100)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--seq", type=int, default=64)
@@ -117,7 +120,8 @@ def run(args) -> dict:
   out = pathlib.Path(args.out).absolute()
   out.mkdir(parents=True, exist_ok=True)
   model, params, encode = _load_model(args.model, args.seed)
-  tokens = encode(data_path.read_text(encoding="utf-8"))
+  text = data_path.read_text(encoding="utf-8")
+  tokens = encode(text[: args.max_chars] if args.max_chars else text)
   split = int(0.9 * len(tokens))
   train_toks, eval_toks = tokens[:split], tokens[split:]
   if min(len(train_toks), len(eval_toks)) < args.seq + 2:

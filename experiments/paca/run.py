@@ -58,6 +58,12 @@ def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc):
     "eval_loss": ev,
     "trainable_params": method.num_trainable(state.trainable),
     "median_step_s": statistics.median(times[2:]) if len(times) > 3 else None,
+    # Memory of what the step holds: frozen base (int8 for PaCA-int8) and trainable + Adam.
+    "frozen_MiB": sum(a.nbytes for a in jax.tree.leaves(state.frozen)) / 2**20,
+    "trainable_and_opt_MiB": sum(
+      a.nbytes for a in jax.tree.leaves((state.trainable, state.opt_state))
+    )
+    / 2**20,
     "merged": tr.merged_params(state),
   }
 
@@ -114,6 +120,8 @@ def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
         "trainable_params": r["trainable_params"],
         "median_step_s": r["median_step_s"],
         "step_time_vs_lora": (r["median_step_s"] / lora_t) if lora_t else None,
+        "frozen_MiB": r["frozen_MiB"],
+        "trainable_and_opt_MiB": r["trainable_and_opt_MiB"],
       }
       for name, r in results.items()
     },
