@@ -60,6 +60,7 @@ class Config:
   digits_ensemble: int = 4
   digits_steps: int = 2000
   digits_lr: float = 1.0
+  digits_test: int | None = None  # cap on test points (None: all remaining digits)
   naive_ms: tuple[float, ...] = (2.0, 5.0, 20.0, 100.0, 1000.0, 10000.0)
 
   @classmethod
@@ -360,6 +361,8 @@ def gp_study(cfg: Config, out_dir: pathlib.Path, plt) -> dict:
 
 def digits_study(cfg: Config, out_dir: pathlib.Path, plt) -> dict:
   xtr, ytr, ltr, xte, yte, lte = digits_data(cfg.digits_train)
+  if cfg.digits_test is not None:
+    xte, yte, lte = xte[: cfg.digits_test], yte[: cfg.digits_test], lte[: cfg.digits_test]
   _, _, kernel_fn = ntk.sg_mlp(1, surrogate="erf", beta=1.0, out_dim=10)
   with jax.enable_x64(True):
     predict_fn = ntk.predict.gradient_descent_mse_sg_ensemble(

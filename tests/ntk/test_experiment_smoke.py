@@ -19,6 +19,7 @@ TINY = sgntk_run.Config(
   digits_width=16,
   digits_ensemble=2,
   digits_steps=3,
+  digits_test=50,
   naive_ms=(2.0, 100.0),
 )
 
