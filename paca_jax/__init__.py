@@ -10,7 +10,7 @@ Usage::
   state, loss = trainer.step(state, {"x": tokens, "y": targets})
 """
 
-from paca_jax import lora, models
+from paca_jax import export, lora, models
 from paca_jax._src.adapters import (
   Full,
   Lora,
@@ -49,6 +49,7 @@ __all__ = [
   "TrainState",
   "Trainer",
   "dequantize_int8",
+  "export",
   "int8_partial_matmul",
   "intercept",
   "lm_loss_fn",

@@ -76,13 +76,6 @@ def apply_lora(base_params, adapters):
   return params
 
 
-def dequantized_params(method, frozen, trainable):
-  """A float params tree from any method's state (int8 PaCA dequantises)."""
-  if isinstance(method, PacaInt8):
-    return method.merge(frozen, trainable)
-  return method.merge(frozen, trainable)
-
-
 def hf_state_dict(params) -> dict[str, np.ndarray]:
   """Flat ``a.b.c.weight`` names in PyTorch orientation (2-D kernels transposed to (out, in))."""
   out = {}

@@ -10,7 +10,7 @@ from safetensors.numpy import load_file
 from tolerances import assert_close
 
 from paca_jax import train
-from paca_jax._src.export import apply_lora
+from paca_jax.export import apply_lora
 from paca_jax.models import CONFIGS, TinyLlama
 
 pytestmark = pytest.mark.entry

@@ -7,8 +7,8 @@ import pytest
 from tolerances import assert_close
 
 import paca_jax
-from paca_jax._src.export import apply_lora, to_lora
 from paca_jax._src.tree import get_path
+from paca_jax.export import apply_lora, to_lora
 
 TARGETS = r".*(q|k|v|o|gate|up|down)_proj"
 
