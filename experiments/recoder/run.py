@@ -199,8 +199,10 @@ def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
     if f.is_file():
       summary[name.removesuffix(".json")] = json.loads(f.read_text())
   run_dir = pathlib.Path(os.environ.get("RECODER_RUN", "runs/ptb_small"))
-  if (run_dir / "best").is_dir():
-    cfg, model, _, params = evaluate_lib.load_run(run_dir)
+  which = os.environ.get("RECODER_CHECKPOINT", "best")
+  if (run_dir / ("best" if which == "best" else "ckpt")).is_dir():
+    cfg, model, _, params = evaluate_lib.load_run(run_dir, which)
+    summary["garden_path_checkpoint"] = which
     corpus = recoder.load_corpus(data_dir / "ptb")
     summary["garden_path"] = plot_garden_paths(
       model, params, corpus.vocab, _gp_variants(), out_dir / "garden_path_ptb_small.png"
