@@ -95,7 +95,7 @@ def _intercepting(paths, compute, strict: bool = True):
   with nn.intercept_methods(interceptor):
     yield
   missing = paths - seen
-  if strict and seen and missing:
+  if strict and missing:
     raise ValueError(
       f"adapted modules were not called as nn.Dense/nn.DenseGeneral: {sorted(missing)} "
       "(their kernels would silently stay frozen)"
