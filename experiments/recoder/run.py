@@ -136,8 +136,9 @@ def plot_garden_paths(model, params, vocab, variants, path: pathlib.Path) -> dic
 def _gp_variants():
   return {
     "baseline": (recoder.RecodingConfig(), 0.0),
-    "surprisal eta=2": (recoder.RecodingConfig(signal="surprisal"), 2.0),
-    "entropy eta=2": (recoder.RecodingConfig(signal="entropy"), 2.0),
+    "surprisal eta=0.1 (tuned)": (recoder.RecodingConfig(signal="surprisal"), 0.1),
+    "surprisal eta=1": (recoder.RecodingConfig(signal="surprisal"), 1.0),
+    "entropy eta=0.03": (recoder.RecodingConfig(signal="entropy"), 0.03),
   }
 
 
