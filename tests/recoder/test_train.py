@@ -147,3 +147,18 @@ def test_anchored_ensemble_penalty_uses_stored_anchors():
   assert float(penalty(moved)) == pytest.approx(lam / 100 * 3 * 4 * 9, rel=1e-5)
   with pytest.raises(ValueError, match="weight_decay"):
     train_lib.TrainConfig(weight_decay=4.815)  # the author's typo
+
+
+def test_ensemble_train_step_runs_with_donated_params():
+  # Regression: the members start at their anchors; they must not share buffers (donation).
+  cfg = recoder.LMConfig(vocab_size=9, embed_dim=4, hidden_dim=4, num_members=2, dropout=0.0)
+  model = recoder.LSTMLM(cfg)
+  rc = recoder.RecodingConfig(signal="ensemble_entropy")
+  tc = train_lib.TrainConfig(batch_size=2, bptt=3)
+  params, anchors = train_lib.init_train_state(model, rc, tc, jax.random.key(0))
+  tx, step = train_lib.make_train_step(model, rc, tc, 100)
+  x = np.ones((2, 3), np.int32)
+  out = step(params, tx.init(params), anchors, recoder.zero_state(cfg, 2), x, x,
+             jax.random.key(1), jnp.float32(1.0), jnp.float32(0.1))  # fmt: skip
+  assert np.isfinite(float(out[3]))
+  assert np.all(np.isfinite(np.asarray(anchors["decoder_w"])))
