@@ -172,3 +172,24 @@ def test_predict_shape_errors():
   predict_fn = ntk.predict.gradient_descent_mse_sg_ensemble(kernel_fn, x, np.ones(5))
   with pytest.raises(ValueError, match="feature shapes"):
     predict_fn(None, np.ones((2, 4)))
+
+
+def test_gp_moments_does_not_recompile():
+  from helpers import assert_no_compile
+
+  def args(seed):
+    r = np.random.RandomState(seed)
+    a = r.randn(4, 4).astype(np.float32)
+    kxx = a @ a.T + 4 * np.eye(4, dtype=np.float32) + 0.1 * r.randn(4, 4).astype(np.float32)
+    return (
+      r.randn(3, 4).astype(np.float32),
+      kxx,
+      r.randn(3, 4).astype(np.float32),
+      np.eye(4, dtype=np.float32),
+      np.eye(3, dtype=np.float32),
+      r.randn(4).astype(np.float32),
+    )
+
+  jax.block_until_ready(ntk.predict.gp_moments(*args(0), tau=jnp.float32(1.0)))
+  with assert_no_compile():
+    jax.block_until_ready(ntk.predict.gp_moments(*args(1), tau=jnp.float32(2.5)))
