@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from experiments.bench_models import set_threads
+
 CONFIG = dict(
   vocab_size=4096,
   hidden_size=256,
@@ -41,20 +43,6 @@ CONFIG = dict(
   max_position_embeddings=512,
 )
 QUICK_CONFIG = dict(CONFIG, hidden_size=64, intermediate_size=172, num_hidden_layers=4)
-
-
-def set_threads(threads: int) -> None:
-  """Both frameworks on ``threads`` CPU threads (before JAX starts); ``0`` keeps the defaults."""
-  if threads <= 0:
-    return
-  import torch
-
-  torch.set_num_threads(threads)
-  if threads == 1:
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = (
-      flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    ).strip()
 
 
 def _median_time(fn, repeats):

@@ -190,8 +190,8 @@ def test_unknown_architecture(tmp_path):
     ModelConfig("rwkv", 10, 8, 8, 1, 2, 2, 4, 16)
 
 
-def test_corrupt_safetensors(tmp_path):
-  transformers = pytest.importorskip("transformers")
+def _save_tiny_llama(transformers, d):
+  """A one-layer random HF Llama saved as safetensors in ``d``."""
   cfg = transformers.LlamaConfig(
     vocab_size=50,
     hidden_size=16,
@@ -200,8 +200,13 @@ def test_corrupt_safetensors(tmp_path):
     num_attention_heads=2,
     max_position_embeddings=32,
   )
-  d = tmp_path / "m"
   transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+  return d
+
+
+def test_corrupt_safetensors(tmp_path):
+  transformers = pytest.importorskip("transformers")
+  d = _save_tiny_llama(transformers, tmp_path / "m")
   f = d / "model.safetensors"
   f.write_bytes(f.read_bytes()[:-100])
   with pytest.raises(ValueError, match="corrupt safetensors"):
@@ -211,16 +216,7 @@ def test_corrupt_safetensors(tmp_path):
 def test_hub_id_downloads_through_huggingface_hub(tmp_path, monkeypatch, stories260k):
   """A hub id goes through snapshot_download (mocked: no network in tests) with safe patterns."""
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.LlamaConfig(
-    vocab_size=50,
-    hidden_size=16,
-    intermediate_size=16,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    max_position_embeddings=32,
-  )
-  d = tmp_path / "snap"
-  transformers.LlamaForCausalLM(cfg).save_pretrained(d)
+  d = _save_tiny_llama(transformers, tmp_path / "snap")
   import huggingface_hub
 
   calls = []
