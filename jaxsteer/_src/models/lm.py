@@ -54,6 +54,11 @@ def _forward(module, factory, params, args, input_ids, attention_mask, return_hi
   )
 
 
+@functools.partial(jax.jit, static_argnames=("module",))
+def _embed(module, params, input_ids):
+  return module.apply({"params": params}, input_ids, method=lambda m, x: m.embed_tokens(x))
+
+
 def init_cache(module: CausalLM, batch: int, length: int):
   """Zero KV cache for ``batch`` rows and ``length`` slots (shapes from ``eval_shape``)."""
   ids = jnp.zeros((batch, 1), jnp.int32)
@@ -233,6 +238,17 @@ class LanguageModel:
         )
     f, a = self.intercept
     return _forward(self.module, f, self.params, a, ids, attention_mask, return_hidden)
+
+  def embed_inputs(self, input_ids, pixel_values=None, image_sizes=None) -> jax.Array:
+    """The decoder's input sequence (B, T, D) for ``input_ids``: the space attribution works in.
+
+    For a language model these are the token embeddings; a vision-language model overrides this to
+    merge the projected image features into the image-token positions.
+    """
+    if pixel_values is not None or image_sizes is not None:
+      raise ValueError("this is a language model; it takes no images (pixel_values)")
+    ids = self._check_ids(input_ids)
+    return _embed(self.module, self.params, ids)
 
   def _check_ids(self, input_ids, allow_empty=False):
     if isinstance(input_ids, jax.core.Tracer):
