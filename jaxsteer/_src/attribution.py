@@ -160,6 +160,49 @@ def split_response(tokenizer, prompt, response, separator=" "):
   return p + tokenizer.encode(response, add_bos=False), len(p)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageInputs:
+  """Preprocessed images of one sequence: ``pixel_values`` and ``image_sizes`` as the VLM takes them."""
+
+  pixel_values: np.ndarray
+  image_sizes: np.ndarray | None = None
+
+
+def as_image_list(image) -> list:
+  """``None`` -> ``[]``; one image (path, PIL image or array) -> ``[image]``; a list stays."""
+  if image is None:
+    return []
+  if isinstance(image, list | tuple):
+    return list(image)
+  return [image]
+
+
+def encode_pair(lm, prompt, response, images=None, separator=" "):
+  """``(ids, prompt_len, image_inputs)`` of ``prompt + separator + response``.
+
+  Without images this is ``split_response``. With images the prompt must be text with one image
+  placeholder per image (``lm.image_placeholder``); the VLM expands each placeholder into its image
+  tokens, so every image patch token gets its own position (and its own attribution score).
+  """
+  images = as_image_list(images)
+  if not images:
+    if isinstance(prompt, str) and lm.tokenizer is None:
+      raise ValueError("text prompts need a model with a tokenizer; pass token ids instead")
+    ids, n = split_response(lm.tokenizer, prompt, response, separator)
+    return ids, n, None
+  if not hasattr(lm, "encode_multimodal"):
+    raise ValueError(f"images were given but {type(lm).__name__} is not a vision-language model")
+  if not isinstance(prompt, str) or not isinstance(response, str):
+    raise ValueError(
+      "image inputs need a text prompt (with the image placeholder) and text responses"
+    )
+  p, pixel_values, image_sizes = lm.encode_multimodal(prompt, images)
+  full, _, _ = lm.encode_multimodal(prompt + separator + response, images)
+  if not (full[: len(p)] == p and len(full) > len(p)):
+    full = list(p) + lm.tokenizer.encode(response, add_bos=False)
+  return full, len(p), ImageInputs(pixel_values, image_sizes)
+
+
 @dataclasses.dataclass
 class ContrastiveAttribution:
   """Per-token contrastive IG scores for the preferred (pos) and dispreferred (neg) sequences.
@@ -179,6 +222,59 @@ class ContrastiveAttribution:
   objective: float
   baseline_objective: float
   delta: float
+  image_token_id: int | None = None
+  image_inputs: ImageInputs | None = None
+  image_layout: dict | None = None
+
+  def image_scores(self, which: str = "neg") -> list[np.ndarray]:
+    """Per image, the (grid, grid) scores of its base patch grid (``pos`` or ``neg`` sequence).
+
+    For LLaVA-1.5 that is every image token (the CLS token of the ``full`` strategy is left out);
+    for LLaVA-NeXT it is the base (whole-image) grid that precedes the high-resolution tiles.
+    """
+    if self.image_layout is None:
+      raise ValueError("this attribution has no image")
+    ids, scores = (
+      (self.ids_pos, self.scores_pos) if which == "pos" else (self.ids_neg, self.scores_neg)
+    )
+    g, off = self.image_layout["grid"], self.image_layout["offset"]
+    out = []
+    for start, _ in _runs(np.asarray(ids) == self.image_token_id):
+      out.append(np.asarray(scores[start + off : start + off + g * g]).reshape(g, g))
+    return out
+
+  def plot_image(self, path=None, which: str = "neg", index: int = 0):
+    """Overlays the image-patch scores on the (preprocessed) image; saved as PNG with ``path``.
+
+    Green patches support the preferred answer, red ones the dispreferred (the patches GrAInS
+    masks in ``pos`` mode are the most positive ones).
+    """
+    import matplotlib
+
+    if path is not None:
+      matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = self.image_scores(which)[index]
+    img = self.image_layout["display"][index]
+    m = float(np.abs(grid).max()) or 1.0
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+    axes[0].imshow(img)
+    axes[0].set_title("image (as the model sees it)", fontsize=9)
+    axes[1].imshow(img)
+    h, w = img.shape[:2]
+    im = axes[1].imshow(
+      grid, cmap="RdYlGn", vmin=-m, vmax=m, alpha=0.55, extent=(0, w, h, 0), interpolation="nearest"
+    )
+    axes[1].set_title(f"patch attributions ({which}; delta {self.delta:.1e})", fontsize=9)
+    for ax in axes:
+      ax.set_axis_off()
+    fig.colorbar(im, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    if path is not None:
+      fig.savefig(path, dpi=120)
+      plt.close(fig)
+    return fig
 
   def to_html(self) -> str:
     """Tokens coloured by score (green supports the preferred answer, red opposes it)."""
@@ -233,6 +329,29 @@ class ContrastiveAttribution:
     return fig
 
 
+def _runs(flags):
+  """``(start, length)`` of each run of True in a 1-D boolean array."""
+  out, start = [], None
+  for i, f in enumerate(list(flags) + [False]):
+    if f and start is None:
+      start = i
+    elif not f and start is not None:
+      out.append((start, i - start))
+      start = None
+  return out
+
+
+def image_layout(lm, im: ImageInputs) -> dict:
+  """Where each image's base patch grid sits in its run of image tokens, and the image to show."""
+  geo = lm.image_geometry()
+  pv = np.asarray(im.pixel_values, np.float32)
+  base = pv[:, 0] if pv.ndim == 5 else pv  # LLaVA-NeXT: the first crop is the whole image
+  mean = np.asarray(geo["image_mean"], np.float32)[:, None, None]
+  std = np.asarray(geo["image_std"], np.float32)[:, None, None]
+  display = [np.clip((b * std + mean).transpose(1, 2, 0), 0, 1) for b in base]
+  return dict(grid=geo["grid"], offset=geo["offset"], display=display)
+
+
 def embed(lm, ids):
   """Token embeddings of ``ids`` under ``lm``'s parameters."""
   return lm.module.apply({"params": lm.params}, ids, method=lambda m, x: m.embed_tokens(x))
@@ -258,9 +377,32 @@ def baseline_embeddings(lm, ids, kind: str = "pad"):
   if kind == "zeros":
     return jnp.zeros(jnp.shape(ids) + (lm.config.hidden_size,), lm.dtype)
   if kind == "mean":
-    table = lm.params["embed"]["embedding"]
+    table = embed(lm, jnp.arange(lm.config.vocab_size, dtype=jnp.int32)[None])[0]
     return jnp.broadcast_to(table.mean(axis=0), jnp.shape(ids) + table.shape[-1:])
   raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
+
+
+def input_embeddings(lm, ids, images=None):
+  """The decoder's input sequence (B, T, D) of right-padded ``ids``, in float32.
+
+  ``images`` (optional) gives one ``ImageInputs`` or ``None`` per row: such rows get their projected
+  image features at the image-token positions (``lm.embed_inputs``), so attribution, masking and
+  residual capture all see the image (the released GrAInS code never passes the pixels: bug B5).
+  """
+  ids = np.asarray(ids)
+  if images is None or all(im is None for im in images):
+    return embed(lm, jnp.asarray(ids)).astype(jnp.float32)
+  if len(images) != ids.shape[0]:
+    raise ValueError(f"{len(images)} image entries for {ids.shape[0]} sequences")
+  rows = []
+  for i, im in enumerate(images):
+    row = ids[i : i + 1]
+    if im is None:
+      e = embed(lm, jnp.asarray(row))
+    else:
+      e = lm.embed_inputs(row, im.pixel_values, im.image_sizes)
+    rows.append(e.astype(jnp.float32))
+  return jnp.concatenate(rows)
 
 
 @functools.partial(
@@ -277,6 +419,8 @@ def contrastive_ig(
   mask_neg,
   resp_pos,
   resp_neg,
+  x_pos,
+  x_neg,
   base_pos,
   base_neg,
   *,
@@ -287,13 +431,11 @@ def contrastive_ig(
 ):
   """Contrastive IG for a batch of pairs (right-padded). Returns per-token scores and diagnostics.
 
-  Objective per pair: log P(y+ | x) - log P(y- | x), with the token embeddings of both sequences as
-  the input and ``(base_pos, base_neg)`` as the baseline.
+  Objective per pair: log P(y+ | x) - log P(y- | x). The input is the decoder's input sequence of
+  both sequences, ``(x_pos, x_neg)`` (token embeddings, with projected image features at image
+  tokens for a VLM), and ``(base_pos, base_neg)`` is the baseline.
   """
   from jaxsteer._src.models.lm import _apply
-
-  def embed(ids):
-    return module.apply({"params": params}, ids, method=lambda m, x: m.embed_tokens(x))
 
   def logp(e, ids, mask, resp):
     logits = _apply(module, factory, params, args, inputs_embeds=e, attention_mask=mask)
@@ -303,7 +445,7 @@ def contrastive_ig(
     e_pos, e_neg = es
     return logp(e_pos, ids_pos, mask_pos, resp_pos) - logp(e_neg, ids_neg, mask_neg, resp_neg)
 
-  x = (embed(ids_pos).astype(jnp.float32), embed(ids_neg).astype(jnp.float32))
+  x = (x_pos.astype(jnp.float32), x_neg.astype(jnp.float32))
   base = (base_pos.astype(jnp.float32), base_neg.astype(jnp.float32))
   attr = integrated_path_gradients(
     jax.grad(lambda es: jnp.sum(fvec(es))),
@@ -338,6 +480,7 @@ def contrastive(
   preferred,
   dispreferred,
   *,
+  image=None,
   steps: int = 20,
   method: str = "gauss_legendre",
   chunk_size: int | None = None,
@@ -348,31 +491,35 @@ def contrastive(
   """Contrastive Integrated Gradients of log P(preferred | prompt) - log P(dispreferred | prompt).
 
   Args:
-    lm: a ``LanguageModel`` (steered models work too).
+    lm: a ``LanguageModel`` or ``VisionLanguageModel`` (steered models work too).
     prompt, preferred, dispreferred: strings (tokenised by ``lm``) or token-id lists.
+    image: for a VLM, an image (path, PIL image, HxWx3 array) or a list of them, one per image
+      placeholder in ``prompt``. Every image patch token is then scored alongside the text tokens:
+      IG runs over the merged sequence of projected image features and text embeddings.
     steps, method, chunk_size: the IG quadrature (see ``integrated_gradients``).
     reduce: ``sum`` (log-likelihood) or ``mean`` (per response token).
     separator: text between prompt and response.
     baseline: ``pad`` (default), ``zeros`` (the paper's) or ``mean``; see ``baseline_embeddings``.
+      An image token's baseline is the same vector as a text token's.
 
   Returns:
     A ``ContrastiveAttribution`` with per-token scores of both sequences and the completeness delta.
   """
-  (ip, np_), (iN, nn_) = (
-    split_response(lm.tokenizer, prompt, preferred, separator),
-    split_response(lm.tokenizer, prompt, dispreferred, separator),
-  )
+  ip, np_, im = encode_pair(lm, prompt, preferred, image, separator)
+  iN, nn_, _ = encode_pair(lm, prompt, dispreferred, image, separator)
   for ids in (ip, iN):
     lm._check_ids(np.asarray([ids]))
   res = batch_contrastive(
-    lm, [(ip, np_)], [(iN, nn_)], steps, method, chunk_size, reduce, baseline=baseline
-  )
+    lm, [(ip, np_)], [(iN, nn_)], steps, method, chunk_size, reduce, baseline=baseline,
+    images=[im],
+  )  # fmt: skip
   s_pos, s_neg, fx, fb, delta = (np.asarray(a)[0] for a in res)
 
   def pieces(ids):
     tok = lm.tokenizer
     return [tok.id_to_piece(i) if tok is not None else str(i) for i in ids]
 
+  image_token = getattr(lm, "image_token_id", None)
   return ContrastiveAttribution(
     ids_pos=np.asarray(ip),
     ids_neg=np.asarray(iN),
@@ -385,13 +532,21 @@ def contrastive(
     objective=float(fx),
     baseline_objective=float(fb),
     delta=float(delta),
+    image_token_id=image_token if im is not None else None,
+    image_inputs=im,
+    image_layout=image_layout(lm, im) if im is not None else None,
   )
 
 
-def batch_contrastive(lm, pos, neg, steps, method, chunk_size, reduce, multiple=16, baseline="pad"):
-  """Runs ``contrastive_ig`` on lists of ``(ids, prompt_len)`` rows (right-padded buckets)."""
-  ids_pos, mask_pos = pad_rows([r for r, _ in pos], multiple)
-  ids_neg, mask_neg = pad_rows([r for r, _ in neg], multiple)
+def batch_contrastive(
+  lm, pos, neg, steps, method, chunk_size, reduce, multiple=16, baseline="pad", images=None
+):
+  """Runs ``contrastive_ig`` on lists of ``(ids, prompt_len)`` rows (right-padded buckets).
+
+  ``images``: ``None`` or one ``ImageInputs``/``None`` per pair (shared by its two sequences).
+  """
+  ids_pos, mask_pos = pad_rows([r for r, _ in pos], multiple, lm.pad_id)
+  ids_neg, mask_neg = pad_rows([r for r, _ in neg], multiple, lm.pad_id)
   resp_pos = mask_pos.copy()
   resp_neg = mask_neg.copy()
   for i, (_, n) in enumerate(pos):
@@ -410,6 +565,8 @@ def batch_contrastive(lm, pos, neg, steps, method, chunk_size, reduce, multiple=
     jnp.asarray(mask_neg),
     jnp.asarray(resp_pos),
     jnp.asarray(resp_neg),
+    input_embeddings(lm, ids_pos, images),
+    input_embeddings(lm, ids_neg, images),
     baseline_embeddings(lm, ids_pos, baseline),
     baseline_embeddings(lm, ids_neg, baseline),
     steps=int(steps),

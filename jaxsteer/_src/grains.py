@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 from jaxsteer._src.attribution import (
   baseline_embeddings,
   batch_contrastive,
-  embed,
+  encode_pair,
+  input_embeddings,
   pad_rows,
-  split_response,
 )
 from jaxsteer._src.models.lm import _apply
 from jaxsteer._src.models.modules import DecoderLayer
@@ -51,11 +51,15 @@ from jaxsteer._src.models.modules import DecoderLayer
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
-  """A steering example: a prompt with a preferred and a dispreferred response (text or ids)."""
+  """A steering example: a prompt with a preferred and a dispreferred response (text or ids).
+
+  ``image`` (VLMs): an image or a list of images, one per image placeholder in the prompt.
+  """
 
   prompt: Any
   preferred: Any
   dispreferred: Any
+  image: Any = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -196,23 +200,28 @@ def capture_last(module, factory, params, args, embeds, mask, last, layers):
 
 
 def hidden_last(
-  lm, rows: Sequence[Sequence[int]], layers, masks=None, mask_with="baseline", baseline="pad"
+  lm,
+  rows: Sequence[Sequence[int]],
+  layers,
+  masks=None,
+  mask_with="baseline",
+  baseline="pad",
+  images=None,
 ):
   """Last-token residual outputs (N, L, D) of ``rows`` with optional masked positions.
 
-  Masked positions get the IG baseline's embedding (``mask_with="baseline"``) or the pad id
-  (``mask_with="pad"``).
+  Masked positions get the IG baseline's vector (``mask_with="baseline"``) or the pad token's
+  embedding (``mask_with="pad"``, the released code's choice); for a VLM a masked image token's
+  projected feature is replaced the same way. ``images``: one ``ImageInputs`` or ``None`` per row.
   """
-  ids, attn = pad_rows(rows)
-  drop = np.zeros(ids.shape, bool)
+  ids, attn = pad_rows(rows, 16, lm.pad_id)
+  emb = input_embeddings(lm, ids, images)
   if masks is not None:
+    drop = np.zeros(ids.shape, bool)
     for i, m in enumerate(masks):
       drop[i, : len(m)] = m
-  if mask_with == "pad":
-    ids = np.where(drop, lm.pad_id, ids)
-  emb = embed(lm, jnp.asarray(ids))
-  if mask_with == "baseline" and masks is not None:
-    base = baseline_embeddings(lm, ids, baseline).astype(emb.dtype)
+    kind = "pad" if mask_with == "pad" else baseline
+    base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
     emb = jnp.where(jnp.asarray(drop)[..., None], base, emb)
   last = jnp.asarray([len(r) - 1 for r in rows], jnp.int32)
   f, a = lm.intercept
@@ -225,11 +234,14 @@ def hidden_last(
 # fit / caa
 
 
-def _check_common(lm, pairs, layers):
+def _check_common(lm, pairs, layers, images=None):
+  """Validates and tokenises ``pairs``: a list of ``((ids, n), (ids, n), ImageInputs | None)``."""
   if not pairs:
     raise ValueError("no steering pairs given")
   if not layers:
     raise ValueError("no layers given")
+  if images is not None and len(images) != len(pairs):
+    raise ValueError(f"{len(images)} images for {len(pairs)} pairs; give one (or None) per pair")
   n = lm.config.num_layers
   for lay in layers:
     if not 0 <= int(lay) < n:
@@ -238,15 +250,16 @@ def _check_common(lm, pairs, layers):
   for i, p in enumerate(pairs):
     if not isinstance(p, Pair):
       p = Pair(*p)
-    if isinstance(p.prompt, str) and lm.tokenizer is None:
-      raise ValueError("text pairs need a model with a tokenizer; pass token ids instead")
-    pos = split_response(lm.tokenizer, p.prompt, p.preferred)
-    neg = split_response(lm.tokenizer, p.prompt, p.dispreferred)
-    for ids, start in (pos, neg):
+    image = p.image if images is None else images[i]
+    if image is not None and p.image is not None and images is not None:
+      raise ValueError(f"pair {i} has an image and images= gives another; give one of them")
+    pos = encode_pair(lm, p.prompt, p.preferred, image)
+    neg = encode_pair(lm, p.prompt, p.dispreferred, image)
+    for ids, start, _ in (pos, neg):
       if start >= len(ids):
         raise ValueError(f"pair {i}: empty response")
       lm._check_ids(np.asarray([ids]))
-    rows.append((pos, neg))
+    rows.append((pos[:2], neg[:2], pos[2]))
   return rows
 
 
@@ -275,10 +288,11 @@ def fit(
   pairs: Sequence[Pair],
   *,
   layers: Sequence[int],
-  k: int = 10,
+  images: Sequence[Any] | None = None,
+  k: int | None = None,
   steps: int = 20,
   aggregate: str = "pca",
-  mode: str = "both",
+  mode: str | None = None,
   candidates: str = "prompt",
   mask_with: str = "baseline",
   baseline: str = "pad",
@@ -292,12 +306,17 @@ def fit(
 
   Args:
     lm: a ``LanguageModel``.
-    pairs: ``Pair(prompt, preferred, dispreferred)`` items (text, or token ids).
+    pairs: ``Pair(prompt, preferred, dispreferred[, image])`` items (text, or token ids).
     layers: decoder layers whose residual output gets a vector.
-    k: tokens masked per sequence and sign.
+    images: for a VLM, one image (or list of images, or ``None``) per pair, instead of
+      ``Pair.image``. Image patch tokens are attributed, selected and masked like text tokens; a
+      masked image token's projected feature is replaced by the baseline.
+    k: tokens masked per sequence and sign (default 10 for language models; 50 when the pairs have
+      images, the paper's VLM setting, as VLM sequences hold hundreds of image tokens).
     steps, method, chunk_size: the IG quadrature.
     aggregate: ``pca`` (sign-aligned first PC) or ``mean``.
-    mode: ``both`` (v+ - v-) or ``pos`` (v+).
+    mode: ``both`` (v+ - v-) or ``pos`` (v+); default ``both``, or ``pos`` with images (the
+      released VLM scripts).
     candidates: ``prompt`` (prompt tokens without special tokens) or ``all`` (every token, as the
       released code).
     mask_with: ``baseline`` (the IG baseline's embedding) or ``pad`` (the pad id, as released).
@@ -312,21 +331,26 @@ def fit(
   """
   if aggregate not in AGGREGATORS:
     raise ValueError(f"unknown aggregate {aggregate!r}; known: {', '.join(AGGREGATORS)}")
+  layers = tuple(sorted(int(x) for x in layers))
+  rows = _check_common(lm, pairs, layers, images)
+  multimodal = any(im is not None for _, _, im in rows)
+  if k is None:
+    k = 50 if multimodal else 10
+  if mode is None:
+    mode = "pos" if multimodal else "both"
   if mode not in ("both", "pos"):
     raise ValueError(f"mode must be 'both' or 'pos', got {mode!r}")
   if mask_with not in ("baseline", "pad"):
     raise ValueError(f"mask_with must be 'baseline' or 'pad', got {mask_with!r}")
   if int(k) < 1:
     raise ValueError(f"k must be positive, got {k}")
-  layers = tuple(sorted(int(x) for x in layers))
-  rows = _check_common(lm, pairs, layers)
   specials = {
     t
     for t in (lm.config.bos_token_id, lm.config.eos_token_id, lm.config.pad_token_id)
     if t is not None
   }
   cands = []
-  for i, (pos, neg) in enumerate(rows):
+  for i, (pos, neg, _) in enumerate(rows):
     cs = [_candidates(ids, n, candidates, specials) for ids, n in (pos, neg)]
     for c in cs:
       if c.sum() < k:
@@ -344,28 +368,30 @@ def fit(
       np.asarray(a)
       for a in batch_contrastive(
         lm,
-        [p for p, _ in chunk],
-        [n for _, n in chunk],
+        [p for p, _, _ in chunk],
+        [n for _, n, _ in chunk],
         steps,
         method,
         chunk_size,
         reduce,
         baseline=baseline,
+        images=[im for _, _, im in chunk],
       )
     )
     ig_delta.extend(delta.tolist())
     ig_obj.extend((fx - fb).tolist())
-    seqs, m_pos, m_neg = [], [], []
-    for j, ((pi, ni), (cp, cn)) in enumerate(zip(chunk, cands[b : b + batch_size])):
+    seqs, ims, m_pos, m_neg = [], [], [], []
+    for j, ((pi, ni, im), (cp, cn)) in enumerate(zip(chunk, cands[b : b + batch_size])):
       for (ids, _), sc, c in ((pi, s_pos[j], cp), (ni, s_neg[j], cn)):
         sc = sc[: len(ids)]
         seqs.append(ids)
+        ims.append(im)
         m_pos.append(_top(sc, c, k, largest=True))
         m_neg.append(_top(sc, c, k, largest=False))
-    h = hidden_last(lm, seqs, layers)
-    d_pos.append(h - hidden_last(lm, seqs, layers, m_pos, mask_with, baseline))
+    h = hidden_last(lm, seqs, layers, images=ims)
+    d_pos.append(h - hidden_last(lm, seqs, layers, m_pos, mask_with, baseline, ims))
     if mode == "both":
-      d_neg.append(h - hidden_last(lm, seqs, layers, m_neg, mask_with, baseline))
+      d_neg.append(h - hidden_last(lm, seqs, layers, m_neg, mask_with, baseline, ims))
   d_pos = np.concatenate(d_pos)  # (2N, L, D)
   agg = AGGREGATORS[aggregate]
   v_pos = np.stack([agg(d_pos[:, j]) for j in range(len(layers))])
@@ -387,6 +413,7 @@ def fit(
     baseline=baseline,
     reduce=reduce,
     n_pairs=len(rows),
+    multimodal=multimodal,
     ig_delta=[float(x) for x in ig_delta],
     ig_relative_delta_max=float(rel.max()),
     residual_norm=[float(x) for x in np.linalg.norm(h, axis=-1).mean(axis=0)],
@@ -395,20 +422,27 @@ def fit(
 
 
 def caa(
-  lm, pairs: Sequence[Pair], *, layers: Sequence[int], batch_size: int = 16
+  lm,
+  pairs: Sequence[Pair],
+  *,
+  layers: Sequence[int],
+  images: Sequence[Any] | None = None,
+  batch_size: int = 16,
 ) -> SteeringVectors:
   """Contrastive Activation Addition / mean-difference vectors from the same pairs.
 
   v = mean_i [h(prompt_i + preferred_i) - h(prompt_i + dispreferred_i)] at the last token of the
-  residual stream after each chosen layer (Rimsky et al., 2024; Turner et al., 2023).
+  residual stream after each chosen layer (Rimsky et al., 2024; Turner et al., 2023). Pairs with
+  images (``Pair.image`` or ``images=``) run with the image features merged in.
   """
   layers = tuple(sorted(int(x) for x in layers))
-  rows = _check_common(lm, pairs, layers)
+  rows = _check_common(lm, pairs, layers, images)
   diffs = []
   for b in range(0, len(rows), batch_size):
     chunk = rows[b : b + batch_size]
-    hp = hidden_last(lm, [p[0] for p, _ in chunk], layers)
-    hn = hidden_last(lm, [n[0] for _, n in chunk], layers)
+    ims = [im for _, _, im in chunk]
+    hp = hidden_last(lm, [p[0] for p, _, _ in chunk], layers, images=ims)
+    hn = hidden_last(lm, [n[0] for _, n, _ in chunk], layers, images=ims)
     diffs.append(hp - hn)
   d = np.concatenate(diffs)
   meta = dict(method="caa", source=_source(lm), n_pairs=len(rows))
