@@ -60,6 +60,14 @@ def _add_model(p: argparse.ArgumentParser, steer: bool = False) -> None:
     p.add_argument("--alpha", type=float, help="steering strength (needs --vectors; default 1)")
 
 
+def _add_image(p, help_text=None) -> None:
+  p.add_argument(
+    "--image",
+    help=help_text
+    or "an image file for a vision-language model (the prompt needs the image placeholder)",
+  )
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m jaxsteer", description="GrAInS steering in JAX; every command prints JSON."
@@ -69,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
   g = sub.add_parser("generate", help="generate text (optionally steered)")
   _add_model(g, steer=True)
   g.add_argument("--prompt", required=True)
+  _add_image(g)
   g.add_argument("--max-new-tokens", type=_positive_int, default=64)
   g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
   g.add_argument("--top-p", type=float, default=1.0)
@@ -79,14 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
   a.add_argument("--prompt", required=True)
   a.add_argument("--preferred", required=True)
   a.add_argument("--dispreferred", required=True)
+  _add_image(a)
   a.add_argument("--steps", type=_positive_int, default=20)
   a.add_argument("--html", help="write the coloured-token HTML here")
   a.add_argument("--png", help="write a heatmap PNG here")
+  a.add_argument("--image-png", help="with --image: write the patch scores over the image here")
 
   f = sub.add_parser("fit", help="fit GrAInS steering vectors and save them")
   _add_model(f)
   src = f.add_mutually_exclusive_group(required=True)
-  src.add_argument("--pairs", help='JSONL: {"prompt": ..., "preferred": ..., "dispreferred": ...}')
+  src.add_argument(
+    "--pairs",
+    help='JSONL: {"prompt": ..., "preferred": ..., "dispreferred": ...[, "image": PATH]}',
+  )
   src.add_argument(
     "--truthfulqa",
     choices=["v1", "binary"],
@@ -96,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
   f.add_argument("--data", help="shared data dir for --truthfulqa (default $JAXSTEER_DATA)")
   f.add_argument("--split-file", help="TruthfulQA split file (default: the saved one)")
   f.add_argument("--layers", type=_parse_layers, required=True, help="e.g. 3,4")
-  f.add_argument("--k", type=_positive_int, default=10)
+  _add_image(f, "one image for every pair (pairs files may instead give an image per pair)")
+  f.add_argument(
+    "--k", type=_positive_int, help="tokens masked per sequence (default 10; 50 with images)"
+  )
   f.add_argument("--steps", type=_positive_int, default=20)
   f.add_argument("--aggregate", choices=["pca", "mean"], default="pca")
-  f.add_argument("--mode", choices=["both", "pos"], default="both")
+  f.add_argument("--mode", choices=["both", "pos"], help="default both; pos with images")
   f.add_argument("--seed", type=int, default=0, help="seed of the TruthfulQA false answers")
   f.add_argument("--out", required=True, help="output directory")
 
@@ -174,22 +191,37 @@ def _data_dir(args) -> pathlib.Path:
 def cmd_generate(args) -> dict:
   lm = _load_model(args)
   lm, info = _maybe_steer(lm, args)
+  kw = {"image": _image_arg(lm, args.image)} if args.image else {}
   text = lm.generate(
     args.prompt,
     max_new_tokens=args.max_new_tokens,
     temperature=args.temperature,
     top_p=args.top_p,
     seed=args.seed,
+    **kw,
   )
-  return {"prompt": args.prompt, "completion": text, "steering": info or None}
+  return {"prompt": args.prompt, "image": args.image, "completion": text, "steering": info or None}
+
+
+def _image_arg(lm, path):
+  """Checks an ``--image`` path against the model; returns the path."""
+  if not hasattr(lm, "encode_multimodal"):
+    raise CLIError(f"--image needs a vision-language model; {lm.source} is a language model")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image not found: {path}")
+  lm.load_image(path)  # a clear error now for a file that is not an image
+  return path
 
 
 def cmd_attribute(args) -> dict:
   from jaxsteer import attribution
 
   lm = _load_model(args)
+  image = _image_arg(lm, args.image) if args.image else None
+  if args.image_png and image is None:
+    raise CLIError("--image-png needs --image")
   res = attribution.contrastive(
-    lm, args.prompt, args.preferred, args.dispreferred, steps=args.steps
+    lm, args.prompt, args.preferred, args.dispreferred, steps=args.steps, image=image
   )
   out = {
     "objective": float(res.objective),
@@ -207,6 +239,13 @@ def cmd_attribute(args) -> dict:
     pathlib.Path(args.png).parent.mkdir(parents=True, exist_ok=True)
     res.plot(args.png)
     out["png"] = args.png
+  if image is not None:
+    out["image"] = image
+    out["image_token_positions"] = np.flatnonzero(res.ids_pos == res.image_token_id).tolist()
+  if args.image_png:
+    pathlib.Path(args.image_png).parent.mkdir(parents=True, exist_ok=True)
+    res.plot_image(args.image_png)
+    out["image_png"] = args.image_png
   return out
 
 
@@ -236,7 +275,15 @@ def read_pairs(path) -> list:
     keys = ("prompt", "preferred", "dispreferred")
     if not isinstance(row, dict) or any(not isinstance(row.get(k), str) for k in keys):
       raise ValueError(f"{path} line {n}: need string fields {', '.join(keys)}")
-    pairs.append(Pair(row["prompt"], row["preferred"], row["dispreferred"]))
+    image = row.get("image")
+    if image is not None:
+      if not isinstance(image, str):
+        raise ValueError(f"{path} line {n}: image must be a file path")
+      image = path.parent / image  # relative paths are relative to the pairs file
+      if not image.is_file():
+        raise FileNotFoundError(f"{path} line {n}: image not found: {image}")
+      image = str(image)
+    pairs.append(Pair(row["prompt"], row["preferred"], row["dispreferred"], image))
   if not pairs:
     raise ValueError(f"{path}: no pairs")
   return pairs
@@ -256,10 +303,20 @@ def cmd_fit(args) -> dict:
   bad = [lay for lay in args.layers if not 0 <= lay < lm.config.num_layers]
   if bad:
     raise CLIError(f"--layers {bad} out of range: the model has {lm.config.num_layers} layers")
+  images = None
+  if args.image:
+    if any(p.image is not None for p in pairs):
+      raise CLIError("--image and per-pair images in the pairs file: give one or the other")
+    images = [_image_arg(lm, args.image)] * len(pairs)
+  elif any(p.image is not None for p in pairs):
+    for p in pairs:
+      if p.image is not None:
+        _image_arg(lm, p.image)
   vecs = grains.fit(
     lm,
     pairs,
     layers=args.layers,
+    images=images,
     k=args.k,
     steps=args.steps,
     aggregate=args.aggregate,
@@ -270,6 +327,8 @@ def cmd_fit(args) -> dict:
     "out": str(path),
     "num_pairs": len(pairs),
     "layers": list(vecs.layers),
+    "k": vecs.metadata["k"],
+    "mode": vecs.metadata["mode"],
     "norms": [float(np.linalg.norm(v)) for v in vecs.vectors],
     **source,
   }
