@@ -6,6 +6,31 @@
 >>> pairs = evals.steering_pairs(tqa, n=50)  # doctest: +SKIP
 """
 
+from jaxsteer._src.evals.judges import JUDGES as JUDGES
+from jaxsteer._src.evals.judges import MMHAL_PROMPT as MMHAL_PROMPT
+from jaxsteer._src.evals.judges import PAIRWISE_PROMPT as PAIRWISE_PROMPT
+from jaxsteer._src.evals.judges import LLMJudge as LLMJudge
+from jaxsteer._src.evals.judges import Rating as Rating
+from jaxsteer._src.evals.judges import RuleJudge as RuleJudge
+from jaxsteer._src.evals.judges import content_words as content_words
+from jaxsteer._src.evals.judges import generate_responses as generate_responses
+from jaxsteer._src.evals.judges import make_judge as make_judge
+from jaxsteer._src.evals.judges import model_generator as model_generator
+from jaxsteer._src.evals.judges import openai_complete as openai_complete
+from jaxsteer._src.evals.judges import parse_rating as parse_rating
+from jaxsteer._src.evals.judges import parse_verdict as parse_verdict
+from jaxsteer._src.evals.judges import save_json as save_json
+from jaxsteer._src.evals.mmhal import MMHalItem as MMHalItem
+from jaxsteer._src.evals.mmhal import MMHalReport as MMHalReport
+from jaxsteer._src.evals.mmhal import download_mmhal as download_mmhal
+from jaxsteer._src.evals.mmhal import evaluate_mmhal as evaluate_mmhal
+from jaxsteer._src.evals.mmhal import load_mmhal as load_mmhal
+from jaxsteer._src.evals.spavl import SPAVLItem as SPAVLItem
+from jaxsteer._src.evals.spavl import SPAVLReport as SPAVLReport
+from jaxsteer._src.evals.spavl import evaluate_spavl as evaluate_spavl
+from jaxsteer._src.evals.spavl import load_spavl as load_spavl
+from jaxsteer._src.evals.spavl import spavl_steering_pairs as spavl_steering_pairs
+from jaxsteer._src.evals.spavl import win_stats as win_stats
 from jaxsteer._src.evals.truthfulqa import DEFAULT_SPLIT_PATH as DEFAULT_SPLIT_PATH
 from jaxsteer._src.evals.truthfulqa import PROMPT_TEMPLATE as PROMPT_TEMPLATE
 from jaxsteer._src.evals.truthfulqa import Question as Question
@@ -42,4 +67,29 @@ __all__ = [
   "save_split",
   "steering_pairs",
   "tokenize_request",
+  "JUDGES",
+  "LLMJudge",
+  "MMHAL_PROMPT",
+  "PAIRWISE_PROMPT",
+  "Rating",
+  "RuleJudge",
+  "content_words",
+  "generate_responses",
+  "make_judge",
+  "model_generator",
+  "openai_complete",
+  "parse_rating",
+  "parse_verdict",
+  "save_json",
+  "MMHalItem",
+  "MMHalReport",
+  "download_mmhal",
+  "evaluate_mmhal",
+  "load_mmhal",
+  "SPAVLItem",
+  "SPAVLReport",
+  "evaluate_spavl",
+  "load_spavl",
+  "spavl_steering_pairs",
+  "win_stats",
 ]
