@@ -343,13 +343,17 @@ def _runs(flags):
 
 def image_layout(lm, im: ImageInputs) -> dict:
   """Where each image's base patch grid sits in its run of image tokens, and the image to show."""
-  geo = lm.image_geometry()
+  cfg = lm.vlm_config
+  grid = cfg.vision.image_size // cfg.vision.patch_size
+  # LLaVA-1.5 with the "full" strategy keeps the CLS feature first; NeXT's base grid has no CLS.
+  offset = int(cfg.vision_feature_select_strategy == "full" and not cfg.is_next)
+  proc = lm.image_processor
   pv = np.asarray(im.pixel_values, np.float32)
   base = pv[:, 0] if pv.ndim == 5 else pv  # LLaVA-NeXT: the first crop is the whole image
-  mean = np.asarray(geo["image_mean"], np.float32)[:, None, None]
-  std = np.asarray(geo["image_std"], np.float32)[:, None, None]
+  mean = np.asarray(getattr(proc, "image_mean", 0.0), np.float32).reshape(-1, 1, 1)
+  std = np.asarray(getattr(proc, "image_std", 1.0), np.float32).reshape(-1, 1, 1)
   display = [np.clip((b * std + mean).transpose(1, 2, 0), 0, 1) for b in base]
-  return dict(grid=geo["grid"], offset=geo["offset"], display=display)
+  return dict(grid=grid, offset=offset, display=display)
 
 
 def embed(lm, ids):
@@ -515,11 +519,18 @@ def contrastive(
   )  # fmt: skip
   s_pos, s_neg, fx, fb, delta = (np.asarray(a)[0] for a in res)
 
-  def pieces(ids):
-    tok = lm.tokenizer
-    return [tok.id_to_piece(i) if tok is not None else str(i) for i in ids]
-
   image_token = getattr(lm, "image_token_id", None)
+
+  def pieces(ids):
+    tok, out, j = lm.tokenizer, [], 0
+    for i in ids:
+      if im is not None and i == image_token:
+        out.append(f"<img{j}>")  # the j-th image token (patch) of the sequence
+        j += 1
+      else:
+        out.append(tok.id_to_piece(i) if tok is not None else str(i))
+    return out
+
   return ContrastiveAttribution(
     ids_pos=np.asarray(ip),
     ids_neg=np.asarray(iN),

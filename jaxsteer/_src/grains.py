@@ -181,6 +181,18 @@ class CaptureInterceptor:
     return interceptor
 
 
+def _sown_residuals(tree) -> dict:
+  """``{"layers_i": residual}`` from an intermediates tree, wherever the decoder sits in it (the
+  top level for a ``CausalLM``, ``language_model`` for a VLM)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and "residual" in value:
+      out[key] = value["residual"][0]
+    elif isinstance(value, dict):
+      out.update(_sown_residuals(value))
+  return out
+
+
 @functools.partial(jax.jit, static_argnames=("module", "factory", "layers"))
 def capture_last(module, factory, params, args, embeds, mask, last, layers):
   """Residual stream (B, len(layers), D) after each layer in ``layers`` at position ``last``."""
@@ -194,8 +206,8 @@ def capture_last(module, factory, params, args, embeds, mask, last, layers):
       attention_mask=mask,
       mutable=["intermediates"],
     )
-  inter = state["intermediates"]
-  h = jnp.stack([inter[f"layers_{i}"]["residual"][0] for i in layers], axis=1)  # (B, L, T, D)
+  found = _sown_residuals(state["intermediates"])
+  h = jnp.stack([found[f"layers_{i}"] for i in layers], axis=1)  # (B, L, T, D)
   return h[jnp.arange(h.shape[0]), :, last].astype(jnp.float32)
 
 
