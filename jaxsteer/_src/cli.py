@@ -106,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     choices=["v1", "binary"],
     help="use TruthfulQA steering pairs from the saved split (with --data, --n)",
   )
-  f.add_argument("--n", type=_positive_int, default=50, help="TruthfulQA pairs (default 50)")
+  src.add_argument(
+    "--spavl", help="SPA-VL preference rows (JSON/JSONL/folder): chosen vs rejected, with images"
+  )
+  f.add_argument("--n", type=_positive_int, default=50, help="TruthfulQA/SPA-VL pairs (default 50)")
   f.add_argument("--data", help="shared data dir for --truthfulqa (default $JAXSTEER_DATA)")
   f.add_argument("--split-file", help="TruthfulQA split file (default: the saved one)")
   f.add_argument("--layers", type=_parse_layers, required=True, help="e.g. 3,4")
@@ -132,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--data", help="shared data dir (default $JAXSTEER_DATA)")
   t.add_argument("--batch-size", type=_positive_int, default=16)
   t.add_argument("--no-progress", action="store_true")
+
+  for name, helptext in (
+    ("mmhal", "MMHal-Bench hallucination rate of a VLM (unsteered, and steered with --vectors)"),
+    ("spavl", "SPA-VL pairwise win rate of steered (--vectors) against unsteered answers"),
+  ):
+    v = esub.add_parser(name, help=helptext)
+    _add_model(v, steer=True)
+    v.add_argument(
+      "--data",
+      required=True,
+      help="MMHal: response_template.json or its folder; SPA-VL: a JSON/JSONL file or folder",
+    )
+    v.add_argument("--caa-vectors", help="also evaluate these (CAA) vectors at --alpha")
+    v.add_argument("--judge", choices=["rule", "llm"], default="rule")
+    v.add_argument("--judge-url", help="OpenAI-compatible endpoint of the LLM judge")
+    v.add_argument("--judge-model", help="model name at --judge-url")
+    v.add_argument("--limit", type=_positive_int)
+    v.add_argument("--max-new-tokens", type=_positive_int, default=128)
+    v.add_argument("--out", help="write the full report (JSON) here")
+    v.add_argument("--no-progress", action="store_true")
   return parser
 
 
@@ -295,11 +318,18 @@ def cmd_fit(args) -> dict:
   if args.pairs:
     pairs = read_pairs(args.pairs)
     source = {"pairs": str(args.pairs)}
+  elif args.spavl:
+    rows = evals.load_spavl(args.spavl, kind="preference")
+    source = {"spavl": str(args.spavl), "n": args.n, "seed": args.seed}
   else:
     ds = evals.load_truthfulqa(_data_dir(args), args.truthfulqa)
     pairs = evals.steering_pairs(ds, n=args.n, seed=args.seed, split=args.split_file)
     source = {"truthfulqa": args.truthfulqa, "n": args.n, "seed": args.seed}
   lm = _load_model(args)
+  if args.spavl:
+    if not hasattr(lm, "encode_multimodal"):
+      raise CLIError("--spavl needs a vision-language model")
+    pairs = evals.spavl_steering_pairs(rows, n=min(args.n, len(rows)), prompt=lm.chat_prompt)
   bad = [lay for lay in args.layers if not 0 <= lay < lm.config.num_layers]
   if bad:
     raise CLIError(f"--layers {bad} out of range: the model has {lm.config.num_layers} layers")
@@ -334,7 +364,7 @@ def cmd_fit(args) -> dict:
   }
 
 
-def cmd_eval(args) -> dict:
+def cmd_eval_truthfulqa(args) -> dict:
   from jaxsteer import evals
 
   ds = evals.load_truthfulqa(_data_dir(args), args.set)
@@ -354,6 +384,55 @@ def cmd_eval(args) -> dict:
   res["model"] = str(args.model)
   res["steering"] = info or None
   return res
+
+
+def cmd_eval_vlm(args) -> dict:
+  import jaxsteer
+  from jaxsteer import evals
+  from jaxsteer.grains import SteeringVectors
+
+  if args.judge == "llm":
+    if not (args.judge_url and args.judge_model):
+      raise CLIError("--judge llm needs --judge-url and --judge-model")
+    judge = evals.make_judge("llm", base_url=args.judge_url, model=args.judge_model)
+  else:
+    judge = evals.make_judge("rule")
+  if args.caa_vectors and not args.vectors:
+    raise CLIError("--caa-vectors needs --vectors (the GrAInS vectors) as well")
+  if args.benchmark == "mmhal":
+    items = evals.load_mmhal(args.data, limit=args.limit)
+  else:
+    items = evals.load_spavl(args.data, limit=args.limit)
+  lm = _load_model(args)
+  if not hasattr(lm, "encode_multimodal"):
+    raise CLIError(f"eval {args.benchmark} needs a vision-language model; {args.model} is not one")
+  steered, info = _maybe_steer(lm, args)
+  kw = dict(max_new_tokens=args.max_new_tokens)
+  generators = {"unsteered": evals.model_generator(lm, **kw)}
+  if info:
+    generators["grains"] = evals.model_generator(steered, **kw)
+  if args.caa_vectors:
+    caa = jaxsteer.steer(lm, SteeringVectors.load(args.caa_vectors), info["alpha"])
+    generators["caa"] = evals.model_generator(caa, **kw)
+  run = evals.evaluate_mmhal if args.benchmark == "mmhal" else evals.evaluate_spavl
+  report = run(generators, items, judge, progress=not args.no_progress)
+  if args.out:
+    report.save_json(args.out)
+  return {
+    "benchmark": args.benchmark,
+    "model": str(args.model),
+    "n": len(items),
+    "judge": report.judge,
+    "methods": report.methods,
+    "steering": info or None,
+    "out": args.out,
+  }
+
+
+def cmd_eval(args) -> dict:
+  if args.benchmark in ("mmhal", "spavl"):
+    return cmd_eval_vlm(args)
+  return cmd_eval_truthfulqa(args)
 
 
 COMMANDS = {"generate": cmd_generate, "attribute": cmd_attribute, "fit": cmd_fit, "eval": cmd_eval}
