@@ -1,7 +1,8 @@
 """Flax Linen causal language models that load Hugging Face and llama2.c checkpoints.
 
 Llama 2/3/3.1 (llama3 RoPE scaling, grouped-query attention, tied or untied embeddings), Mistral
-(sliding window), Qwen2 (q/k/v bias) and GPT-2, with KV-cache generation.
+(sliding window), Qwen2 (q/k/v bias) and GPT-2, with KV-cache generation; LLaVA-1.5 and LLaVA-NeXT
+vision-language models (``VisionLanguageModel``) on the same text models.
 
   >>> import jaxsteer
   >>> lm = jaxsteer.load("stories260K.bin")  # doctest: +SKIP
@@ -10,6 +11,9 @@ Llama 2/3/3.1 (llama3 RoPE scaling, grouped-query attention, tied or untied embe
 
 from jaxsteer._src.models.config import SUPPORTED_ARCHITECTURES as SUPPORTED_ARCHITECTURES
 from jaxsteer._src.models.config import ModelConfig as ModelConfig
+from jaxsteer._src.models.llava import Llava as Llava
+from jaxsteer._src.models.llava import LlavaConfig as LlavaConfig
+from jaxsteer._src.models.llava import VisionLanguageModel as VisionLanguageModel
 from jaxsteer._src.models.lm import LanguageModel as LanguageModel
 from jaxsteer._src.models.lm import download as download
 from jaxsteer._src.models.lm import from_params as from_params
@@ -27,6 +31,8 @@ from jaxsteer._src.models.modules import CausalLM as CausalLM
 from jaxsteer._src.models.modules import DecoderLayer as DecoderLayer
 from jaxsteer._src.models.tokenizer import HFTokenizer as HFTokenizer
 from jaxsteer._src.models.tokenizer import Llama2cTokenizer as Llama2cTokenizer
+from jaxsteer._src.models.vision import VisionConfig as VisionConfig
+from jaxsteer._src.models.vision import VisionTower as VisionTower
 
 __all__ = [
   "SUPPORTED_ARCHITECTURES",
@@ -38,8 +44,13 @@ __all__ = [
   "HFTokenizer",
   "LanguageModel",
   "Llama2cTokenizer",
+  "Llava",
+  "LlavaConfig",
   "MLP",
   "ModelConfig",
+  "VisionConfig",
+  "VisionLanguageModel",
+  "VisionTower",
   "download",
   "from_params",
   "init_cache",

@@ -103,6 +103,7 @@ def _generate(
   pad_id,
   max_new_tokens: int,
   stop_at_eos: bool = True,
+  inputs_embeds=None,
 ):
   b, p = input_ids.shape
   length = p + max_new_tokens
@@ -112,12 +113,16 @@ def _generate(
   positions = default_positions(attention_mask)
   slots = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
   cache = init_cache(module, b, length)
+  # Prefill on the token ids, or on given input embeddings (a VLM's merged image + text sequence);
+  # the decode steps embed the sampled tokens.
+  prefill = (input_ids,) if inputs_embeds is None else ()
   logits, upd = _apply(
     module,
     factory,
     params,
     args,
-    input_ids,
+    *prefill,
+    inputs_embeds=inputs_embeds,
     cache=cache,
     attention_mask=kv_mask,
     positions=positions,
@@ -190,8 +195,9 @@ class LanguageModel:
     self._intercept = intercept or _Intercept()
 
   # -- construction helpers ----------------------------------------------------------------------
-  def replace(self, **kw) -> LanguageModel:
-    fields = dict(
+  def _fields(self) -> dict[str, Any]:
+    """Constructor arguments that reproduce this model (subclasses add theirs)."""
+    return dict(
       module=self.module,
       params=self.params,
       config=self.config,
@@ -200,8 +206,12 @@ class LanguageModel:
       intercept=self._intercept,
       source=self.source,
     )
+
+  def replace(self, **kw) -> LanguageModel:
+    """A copy of this model (of the same class) with some fields replaced."""
+    fields = self._fields()
     fields.update(kw)
-    return LanguageModel(**fields)
+    return type(self)(**fields)
 
   def with_intercept(self, factory: InterceptFactory | None, args: Any = None) -> LanguageModel:
     """A model whose forward passes run under ``intercept_methods(factory(args))``.
@@ -228,16 +238,22 @@ class LanguageModel:
   def __call__(self, input_ids, attention_mask=None, *, return_hidden: bool = False):
     """Logits (B, T, V) in float32; with ``return_hidden`` also each layer's residual output."""
     ids = self._check_ids(input_ids)
-    if attention_mask is None:
-      attention_mask = jnp.ones(ids.shape, jnp.int32)
-    else:
-      attention_mask = jnp.asarray(attention_mask, jnp.int32)
-      if attention_mask.shape != ids.shape:
-        raise ValueError(
-          f"attention_mask shape {attention_mask.shape} does not match input_ids {ids.shape}"
-        )
+    attention_mask = self._mask(ids, attention_mask)
     f, a = self.intercept
     return _forward(self.module, f, self.params, a, ids, attention_mask, return_hidden)
+
+  @staticmethod
+  def _mask(ids, attention_mask):
+    if attention_mask is None:
+      return jnp.ones(ids.shape, jnp.int32)
+    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    if attention_mask.ndim == 1:
+      attention_mask = attention_mask[None]
+    if attention_mask.shape != ids.shape:
+      raise ValueError(
+        f"attention_mask shape {attention_mask.shape} does not match input_ids {ids.shape}"
+      )
+    return attention_mask
 
   def embed_inputs(self, input_ids, pixel_values=None, image_sizes=None) -> jax.Array:
     """The decoder's input sequence (B, T, D) for ``input_ids``: the space attribution works in.
@@ -343,8 +359,13 @@ class LanguageModel:
     top_p: float = 1.0,
     seed: int = 0,
     stop_at_eos: bool = True,
+    inputs_embeds=None,
   ) -> np.ndarray:
-    """New token ids (B, max_new_tokens) with KV caching; rows that hit EOS are padded."""
+    """New token ids (B, max_new_tokens) with KV caching; rows that hit EOS are padded.
+
+    ``inputs_embeds`` (B, T, D), if given, replace the token embeddings of ``input_ids`` in the
+    prefill (e.g. a VLM's merged image + text sequence); ``input_ids`` still fix the shape.
+    """
     ids = self._check_ids(input_ids)
     mask = (
       jnp.ones(ids.shape, jnp.int32)
@@ -377,6 +398,7 @@ class LanguageModel:
       jnp.int32(self.pad_id),
       max_new_tokens=int(max_new_tokens),
       stop_at_eos=bool(stop_at_eos),
+      inputs_embeds=_check_embeds(inputs_embeds, ids.shape, self.config.hidden_size),
     )
     return np.asarray(out)
 
@@ -404,6 +426,18 @@ class LanguageModel:
     return out
 
 
+def _check_embeds(inputs_embeds, shape, hidden_size):
+  if inputs_embeds is None:
+    return None
+  inputs_embeds = jnp.asarray(inputs_embeds)
+  if inputs_embeds.shape != (*shape, hidden_size):
+    raise ValueError(
+      f"inputs_embeds shape {inputs_embeds.shape} does not match input_ids {tuple(shape)} "
+      f"and hidden size {hidden_size}"
+    )
+  return inputs_embeds
+
+
 def _strip(row, eos):
   row = list(row)
   if eos is not None and eos in row:
@@ -425,6 +459,9 @@ HUB_PATTERNS = (
   "vocab.json",
   "merges.txt",
   "*.model",
+  "preprocessor_config.json",
+  "chat_template.json",
+  "chat_template.jinja",
 )
 
 
@@ -454,8 +491,9 @@ def load(
   """Loads a causal LM.
 
   Args:
-    source: a Hugging Face model directory (``config.json`` + safetensors, single or sharded), a
-      hub id (downloaded with ``huggingface_hub`` when online), or a llama2.c ``.bin`` checkpoint.
+    source: a Hugging Face model directory (``config.json`` + safetensors, single or sharded;
+      ``model_type`` ``llava`` / ``llava_next`` gives a ``VisionLanguageModel``), a hub id
+      (downloaded with ``huggingface_hub`` when online), or a llama2.c ``.bin`` checkpoint.
     dtype: parameter and compute dtype (default: the checkpoint's floating dtype).
     mesh: place parameters with ``NamedSharding`` from the logical-axis rule table; each device
       reads only its own shard.
@@ -464,7 +502,7 @@ def load(
     rules: logical-axis -> mesh-axis table (``jaxsteer.models.DEFAULT_RULES``).
 
   Returns:
-    A ``LanguageModel``.
+    A ``LanguageModel`` (a ``VisionLanguageModel`` for LLaVA checkpoints).
   """
   path = pathlib.Path(source)
   if not path.exists():
@@ -473,6 +511,12 @@ def load(
     else:
       raise FileNotFoundError(f"model source not found: {source}")
   if path.is_dir():
+    from jaxsteer._src.models import llava  # imports this module
+
+    if llava.is_llava_dir(path):
+      return llava.load_llava(
+        path, dtype=dtype, mesh=mesh, tokenizer=tokenizer, rules=rules, source=source
+      )
     cfg = ModelConfig.from_json(path / "config.json")
     ckpt = SafetensorsCheckpoint(path)
     arrays = loading.hf_arrays(ckpt, cfg)

@@ -24,16 +24,23 @@ from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
 
 # Logical axes of every parameter, by regex over its '/'-joined path (first match wins).
 PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
-  (r"^embed/embedding$", ("vocab", "embed")),
-  (r"^wpe/embedding$", (None, "embed")),
+  # Text decoder (top level of a CausalLM, or under ``language_model/`` in a VLM).
+  (r"(^|/)embed/embedding$", ("vocab", "embed")),
+  (r"(^|/)wpe/embedding$", (None, "embed")),
   (r"/(q_proj|k_proj|v_proj)/kernel$", ("embed", "heads")),
   (r"/(q_proj|k_proj|v_proj)/bias$", ("heads",)),
-  (r"/o_proj/kernel$", ("heads", "embed")),
-  (r"/(gate_proj|up_proj)/kernel$", ("embed", "mlp")),
-  (r"/(gate_proj|up_proj)/bias$", ("mlp",)),
-  (r"/down_proj/kernel$", ("mlp", "embed")),
-  (r"^lm_head/kernel$", ("embed", "vocab")),
-  (r".*", ()),  # norms and remaining biases: replicated
+  (r"/(o_proj|out_proj)/kernel$", ("heads", "embed")),
+  (r"/(gate_proj|up_proj|fc1)/kernel$", ("embed", "mlp")),
+  (r"/(gate_proj|up_proj|fc1)/bias$", ("mlp",)),
+  (r"/(down_proj|fc2)/kernel$", ("mlp", "embed")),
+  (r"(^|/)lm_head/kernel$", ("embed", "vocab")),
+  # Vision tower (CLIP) and multimodal projector of a VLM.
+  (r"/patch_embedding/kernel$", (None, None, None, "embed")),
+  (r"/position_embedding/embedding$", (None, "embed")),
+  (r"^multi_modal_projector/linear_1/kernel$", (None, "mlp")),
+  (r"^multi_modal_projector/linear_1/bias$", ("mlp",)),
+  (r"^multi_modal_projector/linear_2/kernel$", ("mlp", "embed")),
+  (r".*", ()),  # norms, class embedding, image_newline and remaining biases: replicated
 )
 
 # Logical axis -> mesh axis. Mesh axes missing from a mesh, or not dividing a dimension, replicate.
@@ -95,15 +102,29 @@ def place(arrays: dict[str, np.ndarray], dtype, mesh=None, rules=DEFAULT_RULES):
 # Hugging Face layout -> Flax layout (lazy numpy views).
 
 
-def hf_arrays(ckpt: SafetensorsCheckpoint, cfg: ModelConfig) -> dict[str, np.ndarray]:
-  """Maps HF tensor names to Flax parameter paths; kernels become ``(in, out)`` views."""
+def hf_arrays(
+  ckpt: SafetensorsCheckpoint,
+  cfg: ModelConfig,
+  *,
+  prefix: str = "model.",
+  lm_head: str = "lm_head.weight",
+) -> dict[str, np.ndarray]:
+  """Maps HF tensor names to Flax parameter paths; kernels become ``(in, out)`` views.
+
+  Args:
+    ckpt: the checkpoint.
+    cfg: the text model's config.
+    prefix: prefix of the decoder's tensors (``model.`` for a causal LM; a VLM's language model
+      lives under ``model.language_model.`` (transformers 5) or ``language_model.model.``).
+    lm_head: name of the output projection's weight (unused with tied embeddings).
+  """
   if cfg.is_gpt2:
     return _gpt2_arrays(ckpt, cfg)
   out: dict[str, np.ndarray] = {}
   need = _need(ckpt)
-  out["embed/embedding"] = need("model.embed_tokens.weight")
+  out["embed/embedding"] = need(f"{prefix}embed_tokens.weight")
   for i in range(cfg.num_layers):
-    p, q = f"model.layers.{i}.", f"layers_{i}/"
+    p, q = f"{prefix}layers.{i}.", f"layers_{i}/"
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
       out[f"{q}attn/{proj}/kernel"] = need(f"{p}self_attn.{proj}.weight").T
       if cfg.attention_bias and proj != "o_proj":
@@ -114,9 +135,9 @@ def hf_arrays(ckpt: SafetensorsCheckpoint, cfg: ModelConfig) -> dict[str, np.nda
         out[f"{q}mlp/{proj}/bias"] = need(f"{p}mlp.{proj}.bias")
     out[f"{q}input_norm/scale"] = need(f"{p}input_layernorm.weight")
     out[f"{q}post_attention_norm/scale"] = need(f"{p}post_attention_layernorm.weight")
-  out["norm/scale"] = need("model.norm.weight")
+  out["norm/scale"] = need(f"{prefix}norm.weight")
   if not cfg.tie_word_embeddings:
-    out["lm_head/kernel"] = need("lm_head.weight").T
+    out["lm_head/kernel"] = need(lm_head).T
   _check_shapes(out, cfg)
   return out
 
@@ -172,8 +193,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def _check_shapes(arrays, cfg):
-  want = expected_shapes(cfg)
+def _check_shapes(arrays, cfg, want=None):
+  want = expected_shapes(cfg) if want is None else want
   missing = sorted(set(want) - set(arrays))
   if missing:
     raise ValueError(f"checkpoint lacks parameters: {', '.join(missing[:5])}")
