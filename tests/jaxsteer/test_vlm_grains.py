@@ -11,8 +11,8 @@ from tolerances import STEER_NORM_RTOL_F32, assert_close
 import jaxsteer
 from jaxsteer import attribution, grains
 from jaxsteer._src.attribution import ImageInputs, embed, encode_pair, input_embeddings
-from jaxsteer._src.models.llava import init_random as init_vlm
 from jaxsteer.models import Llama2cTokenizer, LlavaConfig, ModelConfig, VisionConfig
+from jaxsteer.models import init_random as init_vlm
 
 IMAGE_TOKEN = 512
 TEXT = ModelConfig(

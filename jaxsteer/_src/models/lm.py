@@ -563,8 +563,15 @@ def from_params(config: ModelConfig, params, tokenizer=None, dtype=jnp.float32) 
   return LanguageModel(CausalLM(config, dtype=dtype, param_dtype=dtype), params, config, tokenizer)
 
 
-def init_random(config: ModelConfig, seed: int = 0, dtype=jnp.float32, tokenizer=None):
-  """A randomly initialised ``LanguageModel`` (for tests and examples)."""
+def init_random(config, seed: int = 0, dtype=jnp.float32, tokenizer=None):
+  """A randomly initialised model (for tests and examples): a ``LanguageModel`` for a
+  ``ModelConfig``, a ``VisionLanguageModel`` for a ``LlavaConfig``."""
+  if not isinstance(config, ModelConfig):
+    from jaxsteer._src.models import llava
+
+    if isinstance(config, llava.LlavaConfig):
+      return llava.init_random(config, seed=seed, dtype=dtype, tokenizer=tokenizer)
+    raise TypeError(f"init_random needs a ModelConfig or LlavaConfig, got {type(config).__name__}")
   module = CausalLM(config, dtype=dtype, param_dtype=dtype)
   params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2), jnp.int32))["params"]
   return LanguageModel(module, params, config, tokenizer)
