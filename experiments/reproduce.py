@@ -1,9 +1,13 @@
-"""Runs every study of the project and writes one JSON summary.
+"""Reproduces all four papers at small scale and writes a report with tables and plots.
 
-  python -m experiments.reproduce --quick            # minutes on 2 CPU cores
-  python -m experiments.reproduce --only grains,sgntk --out runs/reproduce
+  python -m experiments.reproduce --quick                    # 12-15 minutes on 2 CPU cores
+  python -m experiments.reproduce --smoke --out /tmp/smoke   # one or two steps of everything
+  python -m experiments.reproduce --only grains,sgntk --out runs/reproduce   # full settings
+  python -m experiments.reproduce --quick --only grains --model meta-llama/Llama-3.2-1B  # online
 
-Studies (each ``experiments/<study>/run.py`` exposes ``run(*, quick, out_dir, data_dir) -> dict``):
+Studies (the registry ``STUDIES``; each ``experiments/<study>/config.py`` documents its command,
+runtime and expected headline, and ``experiments/<study>/run.py`` exposes
+``run(*, quick, out_dir, data_dir, config=None) -> dict``):
 
 - ``models``: load the default model (stories260K, llama2.c) and generate (the foundation check).
 - ``grains``: GrAInS vs CAA vs unsteered on a controlled synthetic task and on stories260K.
@@ -11,77 +15,250 @@ Studies (each ``experiments/<study>/run.py`` exposes ``run(*, quick, out_dir, da
 - ``sgntk``: the SG-NTK paper's Figures 1-3 and a digits study.
 - ``recoder``: recoding LSTM language models on Penn Treebank.
 
-Results land in ``--out`` (PNGs, JSON) and ``summary.json`` there.
+Without network access everything runs on data and models the project generates or trains
+itself plus the data directory (``--data``, else ``$JAXSTEER_DATA``, else ``../shared/data``).
+A data directory that is named (flag or variable) but missing is an error; when the default one
+is missing, the studies that need it are marked skipped. ``--model`` (a path or hub id, loaded
+with ``jaxsteer.load``, which downloads hub ids when online) replaces stories260K in the
+``models`` and ``grains`` studies.
+
+Outputs in ``--out``: one folder per study (its PNGs and JSON), ``results.json`` (every study's
+status, headline numbers, setting, figures and full summary, plus the detected hardware) and
+``REPORT.md``, generated from ``results.json`` alone by ``experiments.report.write_report``.
+Both are written atomically once every study has finished; an old pair in ``--out`` is removed
+when the run starts, so the folder never shows a report of another run. A study that raises is
+recorded as failed (with its error) and the report says so instead of showing numbers; the exit
+status is then 1. Usage errors (unknown study, missing data directory, unwritable output
+directory) exit with status 2 before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import importlib
 import json
 import os
 import pathlib
+import shlex
 import sys
+import tempfile
 import time
 import traceback
 
-STUDIES = ("models", "grains", "paca", "sgntk", "recoder")
+from tqdm.auto import tqdm
+
+from experiments.report import atomic_write, environment, sanitize, write_report
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """One entry of the registry.
+
+  Attributes:
+    name: the package ``experiments/<name>`` (with ``config.py`` and ``run.py``).
+    paper: the paper, as cited in the report.
+    claim: the paper's claim that the study tests (paraphrased).
+    requires: files under the data directory without which the study is skipped.
+    takes_model: whether ``--model``/``--tokenizer`` apply (the config has those fields).
+  """
+
+  name: str
+  paper: str
+  claim: str
+  requires: tuple[str, ...] = ()
+  takes_model: bool = False
+
+  def config_module(self):
+    return importlib.import_module(f"experiments.{self.name}.config")
+
+  def run_module(self):
+    return importlib.import_module(f"experiments.{self.name}.run")
+
+  def config(self, mode: str):
+    """The study's ``Config`` for ``mode`` (smoke, quick or full)."""
+    return getattr(self.config_module().Config, mode)()
+
+
+STUDIES: dict[str, Study] = {
+  s.name: s
+  for s in (
+    Study(
+      "models",
+      "jaxsteer model zoo (foundation check)",
+      "Llama-family, Mistral, Qwen2 and GPT-2 checkpoints (Hugging Face safetensors, llama2.c) "
+      "load into Flax and generate with a KV cache; stories260K decodes as llama2.c does.",
+      requires=("stories260K/stories260K.bin",),
+      takes_model=True,
+    ),
+    Study(
+      "grains",
+      "GrAInS (Nguyen et al., 2025)",
+      "Contrastive integrated gradients find the input tokens that push a model toward a "
+      "dispreferred answer; the activation change from masking them gives steering vectors that, "
+      "added with each token's norm preserved, steer better than CAA-style mean differences and "
+      "fine-tuning (e.g. +13.22 points of TruthfulQA accuracy on Llama-3.1-8B) while keeping "
+      "fluency.",
+      takes_model=True,
+    ),
+    Study(
+      "paca",
+      "PaCA (Woo et al., ICLR 2025)",
+      "Fine-tuning a random subset of the frozen weights' input connections (no adapter on the "
+      "forward path, only those rows' activations kept for backward) matches LoRA's accuracy "
+      "while cutting training time by about 22% and memory by about 16%.",
+      requires=("tinyshakespeare/input.txt",),
+    ),
+    Study(
+      "sgntk",
+      "SG-NTK (Eilers, Memmesheimer, Goedeke, NeurIPS 2024)",
+      "The NTK of networks with jump activations (sign) is ill-defined: the NTK of erf_m diverges "
+      "as m grows. The surrogate-gradient NTK is well defined, the empirical SG-NTK converges to "
+      "it with width, and sign networks trained with surrogate gradients follow its Gaussian "
+      "process.",
+    ),
+    Study(
+      "recoder",
+      "Recoding (Ulmer, 2021)",
+      "Correcting an LSTM language model's hidden state by a gradient step on an error signal "
+      "(surprisal, predictive entropy, MC-dropout or ensemble uncertainty) lowers perplexity; "
+      "gains are small and depend on the signal.",
+      requires=("ptb/ptb.train.txt",),
+    ),
+  )
+}
+MODES = ("smoke", "quick", "full")
+REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def default_data_dir() -> pathlib.Path:
-  repo = pathlib.Path(__file__).resolve().parent.parent
-  return pathlib.Path(os.environ.get("JAXSTEER_DATA", repo.parent / "shared" / "data"))
+  """``$JAXSTEER_DATA``, else ``../shared/data`` beside the checkout."""
+  return pathlib.Path(os.environ.get("JAXSTEER_DATA", REPO.parent / "shared" / "data"))
 
 
-def run_models(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
-  """Loads stories260K and generates greedily: the foundation's smoke run."""
-  import jaxsteer
+def _now() -> str:
+  return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
-  ckpt = data_dir / "stories260K" / "stories260K.bin"
-  tok = data_dir / "stories260K" / "tok512.bin"
+
+def run_study(
+  study: Study, mode: str, out_dir: pathlib.Path, data_dir: pathlib.Path, **overrides
+) -> dict:
+  """Runs one study and returns its entry of ``results.json`` (status ok, failed or skipped)."""
+  entry = {"paper": study.paper, "claim": study.claim, "mode": mode}
+  model_given = study.takes_model and overrides.get("model")
+  missing = [r for r in study.requires if not (data_dir / r).is_file()]
+  if missing and not model_given:
+    return {**entry, "status": "skipped", "reason": f"data not found: {data_dir / missing[0]}"}
   t0 = time.perf_counter()
-  lm = jaxsteer.load(str(ckpt), tokenizer=str(tok))
-  text = lm.generate("Once upon a time", max_new_tokens=32 if quick else 128)
-  out = {"model": str(ckpt), "prompt": "Once upon a time", "generated": text}
-  out["seconds"] = round(time.perf_counter() - t0, 2)
-  (out_dir / "generation.json").write_text(json.dumps(out, indent=2))
-  return out
+  try:
+    cfg = study.config(mode)
+    if study.takes_model:
+      cfg = dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    result = study.run_module().run(
+      quick=mode != "full", out_dir=out_dir / study.name, data_dir=data_dir, config=cfg
+    )
+  except Exception as e:  # record the failure, run the other studies, exit 1 at the end
+    traceback.print_exc()
+    return {
+      **entry,
+      "status": "failed",
+      "seconds": round(time.perf_counter() - t0, 1),
+      "error": f"{type(e).__name__}: {e}",
+    }
+  result = dict(result)
+  return {
+    **entry,
+    "status": "ok",
+    "seconds": round(time.perf_counter() - t0, 1),
+    "headline": result.pop("headline", []),
+    "setting": result.pop("setting", {}),
+    "figures": [f"{study.name}/{f}" for f in result.pop("figures", [])],
+    "result": result,
+  }
+
+
+def _check_writable(out: pathlib.Path) -> None:
+  out.mkdir(parents=True, exist_ok=True)
+  fd, probe = tempfile.mkstemp(dir=out, prefix=".probe")
+  os.close(fd)
+  os.unlink(probe)
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  ap.add_argument("--quick", action="store_true", help="small settings (minutes on 2 CPU cores)")
+  """Parses the command line, runs the studies, writes ``results.json`` and ``REPORT.md``."""
+  ap = argparse.ArgumentParser(
+    prog="python -m experiments.reproduce",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  g = ap.add_mutually_exclusive_group()
+  g.add_argument("--smoke", action="store_true", help="one or two steps of everything (tests)")
+  g.add_argument("--quick", action="store_true", help="small settings (minutes on 2 CPU cores)")
+  g.add_argument("--full", action="store_true", help="full settings (the default)")
   ap.add_argument("--only", default=",".join(STUDIES), help="comma-separated subset of studies")
   ap.add_argument("--out", default="runs/reproduce", help="output directory")
-  ap.add_argument("--data", default=str(default_data_dir()), help="shared data directory")
+  ap.add_argument("--data", default=None, help="data directory (default: $JAXSTEER_DATA)")
+  ap.add_argument("--model", default=None, help="path or hub id for the models/grains studies")
+  ap.add_argument("--tokenizer", default=None, help="tokenizer path for a llama2.c --model")
   args = ap.parse_args(argv)
+  mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
-  unknown = sorted(set(only) - set(STUDIES))
-  if unknown:
+  unknown = [s for s in only if s not in STUDIES]
+  if unknown or not only:
     ap.error(f"unknown studies {unknown}; known: {', '.join(STUDIES)}")
-  data_dir = pathlib.Path(args.data)
+  named = args.data or os.environ.get("JAXSTEER_DATA")
+  data_dir = pathlib.Path(named) if named else default_data_dir()
   if not data_dir.is_dir():
-    ap.error(f"data directory not found: {data_dir} (set --data or JAXSTEER_DATA)")
-  out = pathlib.Path(args.out)
-  summary, failed = {}, []
-  for name in only:
-    study_dir = out / name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    print(f"== {name}", file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    try:
-      fn = (
-        run_models if name == "models" else importlib.import_module(f"experiments.{name}.run").run
+    if named:
+      ap.error(
+        f"data directory not found: {data_dir} "
+        f"(from {'--data' if args.data else 'JAXSTEER_DATA'}; point it at the shared data)"
       )
-      result = fn(quick=args.quick, out_dir=study_dir, data_dir=data_dir)
-      summary[name] = {"ok": True, "seconds": round(time.perf_counter() - t0, 1), "result": result}
-    except Exception as e:  # report every study, then fail at the end
-      traceback.print_exc()
-      failed.append(name)
-      summary[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-  (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-  print(json.dumps({k: {"ok": v["ok"], "seconds": v.get("seconds")} for k, v in summary.items()}))
-  return 1 if failed else 0
+    print(
+      f"warning: default data directory {data_dir} not found; studies that need data are skipped",
+      file=sys.stderr,
+    )
+  out = pathlib.Path(args.out)
+  try:
+    _check_writable(out)
+  except OSError as e:
+    ap.error(f"output directory {out} is not writable: {e}")
+  for stale in ("REPORT.md", "results.json"):
+    (out / stale).unlink(missing_ok=True)
+
+  started = _now()
+  env = environment()
+  overrides = {"model": args.model, "tokenizer": args.tokenizer}
+  studies = {}
+  bar = tqdm(only, desc=f"reproduce ({mode})", unit="study")
+  for name in bar:
+    bar.set_postfix_str(name)
+    print(f"\n== {name} ({mode})", file=sys.stderr, flush=True)
+    studies[name] = run_study(STUDIES[name], mode, out, data_dir, **overrides)
+  results = sanitize(
+    {
+      "schema": 1,
+      "mode": mode,
+      "command": "python -m experiments.reproduce "
+      + shlex.join(list(argv) if argv is not None else sys.argv[1:]),
+      "started": started,
+      "finished": _now(),
+      "data_dir": str(data_dir),
+      "environment": env,
+      "ok": all(s["status"] != "failed" for s in studies.values()),
+      "studies": studies,
+    }
+  )
+  atomic_write(out / "results.json", json.dumps(results, indent=2))
+  report = write_report(results, out)
+  print(
+    json.dumps(
+      {k: {"status": v["status"], "seconds": v.get("seconds")} for k, v in studies.items()}
+    )
+  )
+  print(f"report: {report}", file=sys.stderr)
+  return 0 if results["ok"] else 1
 
 
 if __name__ == "__main__":

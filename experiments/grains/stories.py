@@ -44,6 +44,8 @@ class StoriesConfig:
   max_new_tokens: int = 48
   k: int = 3
   steps: int = 20
+  n_pairs: int | None = None  # first n steering pairs (None: all 24)
+  n_prompts: int | None = None  # first n held-out prompts (None: all 12)
 
 
 def sentiment(text: str) -> float:
@@ -89,8 +91,8 @@ def _scaled(vecs, norms):
 
 
 def run(lm, cfg: StoriesConfig, progress=True) -> dict:
-  pairs = make_pairs()
-  prompts = eval_prompts()
+  pairs = make_pairs()[: cfg.n_pairs]
+  prompts = eval_prompts()[: cfg.n_prompts]
 
   def measure(model):
     texts = model.generate(prompts, max_new_tokens=cfg.max_new_tokens)

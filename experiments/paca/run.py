@@ -4,7 +4,9 @@ PaCA: Woo et al., "PaCA: Partial Connection Adaptation for Efficient Fine-Tuning
 A ``tiny`` model is first pre-trained (full, Adam) on the first half of the text, then fine-tuned
 from that checkpoint on the second half with PaCA (r = 2k), LoRA (r = k), int8 PaCA (r = 2k) and
 full fine-tuning, all 7 projections adapted. Reports eval losses, trainable parameter counts,
-step-time ratios against LoRA (same process, same machine) and a PNG of the loss curves.
+step-time ratios against LoRA (same process, same machine), PNGs of the loss curves
+(``loss_curves.png``) and of step time and held memory per method (``time_memory.png``).
+Settings: ``experiments/paca/config.py``.
 
   python -m experiments.paca.run --quick --out results/paca --data ../shared/data
 """
@@ -12,7 +14,9 @@ step-time ratios against LoRA (same process, same machine) and a PNG of the loss
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import pathlib
 import statistics
 import time
@@ -25,6 +29,7 @@ import optax
 from tqdm import tqdm
 
 import paca_jax
+from experiments.paca.config import Config
 from paca_jax.models import CONFIGS, TinyLlama
 
 matplotlib.use("Agg")
@@ -34,6 +39,7 @@ TARGETS = r".*(q|k|v|o|gate|up|down)_proj"
 
 
 def _batches(tokens, batch, seq, seed):
+  """Random windows of ``seq + 1`` bytes, forever."""
   rng = np.random.default_rng(seed)
   while True:
     s = rng.integers(0, len(tokens) - seq - 1, size=batch)
@@ -41,11 +47,11 @@ def _batches(tokens, batch, seq, seed):
     yield {"x": x[:, :-1], "y": x[:, 1:]}
 
 
-def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc):
+def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc, cfg):
   tr = paca_jax.Trainer(method, paca_jax.lm_loss_fn(model), optax.adam(lr))
   state = tr.init(params, jax.random.key(seed))
   losses, times = [], []
-  it = _batches(tokens, 8, 64, seed)
+  it = _batches(tokens, cfg.batch, cfg.seq, seed)
   for _ in tqdm(range(steps), desc=desc, leave=False):
     t0 = time.perf_counter()
     state, loss = tr.step(state, next(it))
@@ -68,7 +74,11 @@ def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc):
   }
 
 
-def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+def run(
+  *, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path, config: Config | None = None
+) -> dict:
+  """Pre-trains, fine-tunes with every method; writes PNGs and ``summary.json``; returns it."""
+  cfg = config or (Config.quick() if quick else Config.full())
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   path = pathlib.Path(data_dir) / "tinyshakespeare" / "input.txt"
@@ -78,35 +88,42 @@ def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
   half = len(tokens) // 2
   pre, ft = tokens[:half], tokens[half:]
   ft_train, ft_eval = ft[: int(0.9 * len(ft))], ft[int(0.9 * len(ft)) :]
-  pre_steps, ft_steps, k = (60, 40, 4) if quick else (600, 300, 8)
+  pre_steps, ft_steps, k = cfg.pretrain_steps, cfg.finetune_steps, cfg.k
 
   model = TinyLlama(CONFIGS["tiny"])
-  params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  eval_it = _batches(ft_eval, 8, 64, 123)
-  eval_batches = [next(eval_it) for _ in range(4)]
-  base = _train(model, params, paca_jax.Full(), 3e-3, pre_steps, pre, eval_batches, 0, "pretrain")
+  params = jax.jit(model.init)(jax.random.key(cfg.seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  eval_it = _batches(ft_eval, cfg.batch, cfg.seq, 123)
+  eval_batches = [next(eval_it) for _ in range(cfg.eval_batches)]
+  base = _train(
+    model, params, paca_jax.Full(), 3e-3, pre_steps, pre, eval_batches, cfg.seed, "pretrain", cfg
+  )
   base_params = base.pop("merged")
 
   plan_2k = paca_jax.select(base_params, TARGETS, 2 * k, jax.random.key(1))
   methods = {
-    f"lora_r{k}": (paca_jax.Lora(paca_jax.lora_plan(base_params, TARGETS, k, alpha=2 * k)), 3e-3),
-    f"paca_r{2 * k}": (paca_jax.Paca(plan_2k), 1e-3),
-    f"paca_int8_r{2 * k}": (paca_jax.PacaInt8(plan_2k), 1e-3),
-    f"paca_r{k}": (
-      paca_jax.Paca(paca_jax.select(base_params, TARGETS, k, jax.random.key(1))),
+    "lora": (f"lora_r{k}", lambda: paca_jax.Lora(paca_jax.lora_plan(base_params, TARGETS, k, alpha=2 * k)), 3e-3),
+    "paca": (f"paca_r{2 * k}", lambda: paca_jax.Paca(plan_2k), 1e-3),
+    "paca_int8": (f"paca_int8_r{2 * k}", lambda: paca_jax.PacaInt8(plan_2k), 1e-3),
+    "paca_rk": (
+      f"paca_r{k}",
+      lambda: paca_jax.Paca(paca_jax.select(base_params, TARGETS, k, jax.random.key(1))),
       1e-3,
     ),
-    "full": (paca_jax.Full(), 1e-3),
-  }
+    "full": ("full", paca_jax.Full, 1e-3),
+  }  # fmt: skip
+  unknown = sorted(set(cfg.methods) - set(methods))
+  if unknown:
+    raise ValueError(f"unknown PaCA-study methods {unknown}; known: {sorted(methods)}")
   results = {}
-  for name, (m, lr) in methods.items():
-    r = _train(model, base_params, m, lr, ft_steps, ft_train, eval_batches, 1, name)
+  for key in tqdm([m for m in methods if m in cfg.methods], desc="paca methods"):
+    name, make, lr = methods[key]
+    r = _train(model, base_params, make(), lr, ft_steps, ft_train, eval_batches, 1, name, cfg)
     r.pop("merged")
     results[name] = r
   base_eval = float(
     np.mean([float(paca_jax.lm_loss_fn(model)(base_params, b)) for b in eval_batches])
   )
-  lora_t = results[f"lora_r{k}"]["median_step_s"]
+  lora_t = results[f"lora_r{k}"]["median_step_s"] if f"lora_r{k}" in results else None
   summary = {
     "quick": quick,
     "machine": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
@@ -119,7 +136,9 @@ def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
         "final_train_loss": r["losses"][-1],
         "trainable_params": r["trainable_params"],
         "median_step_s": r["median_step_s"],
-        "step_time_vs_lora": (r["median_step_s"] / lora_t) if lora_t else None,
+        "step_time_vs_lora": (r["median_step_s"] / lora_t)
+        if lora_t and r["median_step_s"]
+        else None,
         "frozen_MiB": r["frozen_MiB"],
         "trainable_and_opt_MiB": r["trainable_and_opt_MiB"],
       }
@@ -137,9 +156,89 @@ def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
   fig.tight_layout()
   fig.savefig(out_dir / "loss_curves.png", dpi=120)
   plt.close(fig)
+  plot_time_memory(summary, out_dir / "time_memory.png")
   summary["figure"] = str(out_dir / "loss_curves.png")
+  summary["figures"] = ["loss_curves.png", "time_memory.png"]
+  summary["headline"] = headline(summary, k)
+  summary["setting"] = {
+    "model": "paca_jax TinyLlama 'tiny' (byte vocabulary), pre-trained here (full, Adam)",
+    "data": f"tinyshakespeare bytes: first half pre-training, second half fine-tuning ({path})",
+    "seed": cfg.seed,
+    "config": dataclasses.asdict(cfg),
+  }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
   return summary
+
+
+def plot_time_memory(summary: dict, path: pathlib.Path) -> None:
+  """Bars of median step time and of the bytes each method holds (frozen; trainable + Adam)."""
+  names = list(summary["methods"])
+  m = summary["methods"]
+  fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+  a1.bar(names, [m[n]["median_step_s"] or 0.0 for n in names], color="tab:blue")
+  a1.set_ylabel("median step time (s)")
+  a1.set_title("step time (same process)")
+  a2.bar(names, [m[n]["frozen_MiB"] for n in names], label="frozen base", color="lightgray")
+  a2.bar(
+    names,
+    [m[n]["trainable_and_opt_MiB"] for n in names],
+    bottom=[m[n]["frozen_MiB"] for n in names],
+    label="trainable + Adam",
+    color="tab:orange",
+  )
+  a2.set_ylabel("MiB held by the train state")
+  a2.set_title("train-state memory (activations: paca_bench)")
+  a2.legend(fontsize=8)
+  for ax in (a1, a2):
+    ax.tick_params(axis="x", rotation=20, labelsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def headline(summary: dict, k: int) -> list[dict]:
+  """The study's headline numbers (for the reproduction report), from its summary."""
+  m = summary["methods"]
+  rows = [
+    {
+      "metric": "base model eval loss (nats per byte)",
+      "value": summary["base_eval_loss"],
+      "paper": "",
+    }
+  ]
+  claims = {
+    f"lora_r{k}": "baseline",
+    f"paca_r{2 * k}": "accuracy comparable to LoRA",
+    f"paca_int8_r{2 * k}": "QPaCA: comparable to QLoRA",
+    f"paca_r{k}": "",
+    "full": "upper reference",
+  }
+  for name, r in m.items():
+    rows.append(
+      {
+        "metric": f"eval loss after fine-tuning: {name}",
+        "value": r["eval_loss"],
+        "paper": claims.get(name, ""),
+      }
+    )
+  paca = f"paca_r{2 * k}"
+  if paca in m and m[paca]["step_time_vs_lora"] is not None:
+    rows.append(
+      {
+        "metric": f"step time {paca} / lora_r{k}",
+        "value": m[paca]["step_time_vs_lora"],
+        "paper": "training time -22% vs LoRA (the paper's LLM fine-tuning)",
+      }
+    )
+  if paca in m and f"lora_r{k}" in m:
+    rows.append(
+      {
+        "metric": f"trainable parameters {paca} / lora_r{k}",
+        "value": m[paca]["trainable_params"] / m[f"lora_r{k}"]["trainable_params"],
+        "paper": "about the same at rank 2r vs r",
+      }
+    )
+  return rows
 
 
 def main(argv=None):
@@ -147,7 +246,10 @@ def main(argv=None):
   p.add_argument("--quick", action="store_true")
   p.add_argument("--out", default="results/paca")
   p.add_argument(
-    "--data", default=str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
+    "--data",
+    default=os.environ.get(
+      "JAXSTEER_DATA", str(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data")
+    ),
   )
   a = p.parse_args(argv)
   print(

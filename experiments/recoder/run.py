@@ -4,7 +4,8 @@ Quick mode trains a tiny LSTM LM on a slice of PTB for a short while and compare
 with every recoding variant (perplexity and cost per token), plus an anchored ensemble and a
 learned-step-size model; it also plots per-token surprisal on garden-path sentences.
 Full mode documents the real 2x200 run (its command and results) and re-plots the garden-path
-figure from its checkpoint when that is present.
+figure from its checkpoint when that is present. Both write ``variants.png`` (test perplexity per
+recoding variant). Settings: ``experiments/recoder/config.py``.
 
 Usage::
 
@@ -14,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -24,8 +26,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 import recoder
+from experiments.recoder.config import Config
 from recoder._src import evaluate as evaluate_lib
 from recoder._src import train as train_lib
 
@@ -133,32 +137,39 @@ def plot_garden_paths(model, params, vocab, variants, path: pathlib.Path) -> dic
   return data
 
 
-def _gp_variants():
-  return {
+def _gp_variants(names=None):
+  v = {
     "baseline": (recoder.RecodingConfig(), 0.0),
     "surprisal eta=0.1 (tuned)": (recoder.RecodingConfig(signal="surprisal"), 0.1),
     "surprisal eta=1": (recoder.RecodingConfig(signal="surprisal"), 1.0),
     "entropy eta=0.03": (recoder.RecodingConfig(signal="entropy"), 0.03),
   }
+  return {k: v[k] for k in names} if names is not None else v
 
 
-def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path, cfg: Config) -> dict:
   ptb = data_dir / "ptb"
+  h = str(cfg.hidden)
   common = [
-    "--data", str(ptb), "--emb", "32", "--hidden", "32", "--layers", "2", "--dropout", "0.1",
+    "--data", str(ptb), "--emb", h, "--hidden", h, "--layers", "2", "--dropout", "0.1",
     "--optimizer", "adam", "--lr", "0.003", "--clip", "1.0", "--bptt", "20", "--batch-size", "32",
-    "--eval-batch-size", "10", "--epochs", "1", "--max-train-tokens", "40000",
-    "--max-eval-tokens", "4000", "--ckpt-every", "100000", "--no-progress",
+    "--eval-batch-size", "10", "--epochs", "1", "--max-train-tokens", str(cfg.max_train_tokens),
+    "--max-eval-tokens", str(cfg.max_eval_tokens), "--ckpt-every", "100000", "--no-progress",
+    "--seed", str(cfg.seed),
   ]  # fmt: skip
   runs = {
     "baseline": ["--tied"],
     "ensemble_k3": ["--members", "3", "--signal", "ensemble_entropy", "--step-size", "0.5"],
     "surprisal_learned": ["--tied", "--signal", "surprisal", "--step-type", "learned"],
   }
+  unknown = sorted(set(cfg.runs) - set(runs))
+  if unknown:
+    raise ValueError(f"unknown recoder-study runs {unknown}; known: {sorted(runs)}")
   summary = {"mode": "quick", "train": {}, "eval": {}}
   corpus = recoder.load_corpus(ptb)
-  test_ids = corpus.test[:4000]
-  for name, extra in runs.items():
+  test_ids = corpus.test[: cfg.test_tokens]
+  for name in tqdm([r for r in runs if r in cfg.runs], desc="recoder runs"):
+    extra = runs[name]
     run_dir = out_dir / name
     t0 = time.perf_counter()
     s = train_lib.train(
@@ -167,21 +178,25 @@ def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
     summary["train"][name] = {
       "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"], "wall_s": time.perf_counter() - t0,
     }  # fmt: skip
-    cfg, model, trained_rc, params = evaluate_lib.load_run(run_dir)
-    variants = QUICK_VARIANTS if name == "baseline" else ("none", "trained")
+    tcfg, model, trained_rc, params = evaluate_lib.load_run(run_dir)
+    variants = cfg.variants if name == "baseline" else ("none", "trained")
     if name == "ensemble_k3":
       variants = ("none", "ensemble_entropy:0.5", "ensemble_entropy:2")
     summary["eval"][name] = evaluate_lib.evaluate_variants(
       model, params, test_ids, variants, batch_size=10, bptt=20, trained=trained_rc,
-      trained_step=cfg["train"]["step_size"], progress=False,
+      trained_step=tcfg["train"]["step_size"], progress=False,
     )  # fmt: skip
     if name == "surprisal_learned":
       summary["eval"][name]["learned_step_sizes"] = {
         k: np.asarray(jax.nn.softplus(v)).tolist() for k, v in params["step"].items()
       }
-    if name == "baseline":
+    if name == "baseline" and cfg.garden_path_variants:
       summary["garden_path"] = plot_garden_paths(
-        model, params, corpus.vocab, _gp_variants(), out_dir / "garden_path_quick.png"
+        model,
+        params,
+        corpus.vocab,
+        _gp_variants(cfg.garden_path_variants),
+        out_dir / "garden_path_quick.png",
       )
   for runs_eval in summary["eval"].values():
     for v in runs_eval.values():
@@ -211,14 +226,95 @@ def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
   return summary
 
 
-def run(*, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
+def _variant_ppl(summary: dict) -> dict[str, float]:
+  """Test perplexity per recoding variant of the baseline model ({} if not evaluated)."""
+  if summary["mode"] == "quick":
+    ev = summary["eval"].get("baseline", {})
+  else:
+    ev = summary.get("ptb_small_test", {}).get("variants", summary.get("ptb_small_test", {}))
+  return {k: v["ppl"] for k, v in ev.items() if isinstance(v, dict) and "ppl" in v}
+
+
+def plot_variants(ppl: dict[str, float], path: pathlib.Path) -> None:
+  """Bars of test perplexity per recoding variant (the baseline is ``none``/``baseline``)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 3.6))
+  names = list(ppl)
+  ax.bar(names, [ppl[n] for n in names], color="tab:green")
+  lo, hi = min(ppl.values()), max(ppl.values())
+  ax.set_ylim(lo - 0.1 * (hi - lo + 1), hi + 0.1 * (hi - lo + 1))
+  ax.set_ylabel("test perplexity")
+  ax.set_title("recoding variants (baseline model)")
+  ax.tick_params(axis="x", rotation=25, labelsize=8)
+  fig.tight_layout()
+  tmp = path.with_suffix(".tmp.png")
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def headline(summary: dict) -> list[dict]:
+  """The study's headline numbers (for the reproduction report), from its summary."""
+  ppl = _variant_ppl(summary)
+  rows = []
+  base = ppl.get("none", ppl.get("baseline"))
+  if base is not None:
+    rows.append({"metric": "test perplexity, no recoding", "value": base, "paper": ""})
+  for name, v in ppl.items():
+    if name in ("none", "baseline"):
+      continue
+    claim = "lower perplexity" if name.startswith(("surprisal", "ptok")) else ""
+    rows.append({"metric": f"test perplexity, recoding {name}", "value": v, "paper": claim})
+  if summary["mode"] == "full" and "ptb_small_summary" in summary:
+    rows.append(
+      {
+        "metric": "2x200 LSTM valid perplexity (committed run)",
+        "value": summary["ptb_small_summary"].get("valid_ppl"),
+        "paper": "Zaremba small: 120.7 valid",
+      }
+    )
+  return rows
+
+
+def run(
+  *, quick: bool, out_dir: pathlib.Path, data_dir: pathlib.Path, config: Config | None = None
+) -> dict:
   """Runs the study; returns a JSON-able summary (also written to ``out_dir/summary.json``)."""
+  cfg = config or (Config.quick() if quick else Config.full())
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   data_dir = pathlib.Path(data_dir)
   if not (data_dir / "ptb" / "ptb.train.txt").is_file():
     raise FileNotFoundError(f"Penn Treebank not found under {data_dir / 'ptb'}")
-  summary = _quick(out_dir, data_dir) if quick else _full(out_dir, data_dir)
+  summary = _quick(out_dir, data_dir, cfg) if cfg.mode == "quick" else _full(out_dir, data_dir)
+  figures = [
+    f for f in ("garden_path_quick.png", "garden_path_ptb_small.png") if (out_dir / f).is_file()
+  ]
+  ppl = _variant_ppl(summary)
+  if ppl:
+    plot_variants(ppl, out_dir / "variants.png")
+    figures.append("variants.png")
+  summary["figures"] = figures
+  summary["headline"] = headline(summary)
+  summary["setting"] = {
+    "model": (
+      f"2-layer LSTM LM, width {cfg.hidden}, trained here (Adam)"
+      if cfg.mode == "quick"
+      else "2x200 tied LSTM (committed run; experiments/recoder/results)"
+    ),
+    "data": f"Mikolov PTB ({data_dir / 'ptb'})"
+    + (
+      f", first {cfg.max_train_tokens} training and {cfg.test_tokens} test tokens"
+      if cfg.mode == "quick"
+      else ""
+    ),
+    "seed": cfg.seed,
+    "config": dataclasses.asdict(cfg),
+  }
   _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
   return summary
 

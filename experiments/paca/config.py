@@ -1,0 +1,53 @@
+"""Settings of the PaCA study (``experiments/paca/run.py``).
+
+Command::
+
+  python -m experiments.reproduce --quick --only paca        # about 1-2 minutes on 2 CPU cores
+  python -m experiments.paca.run --out runs/paca             # full, about 15 minutes
+
+Expected headline (quick, 40 fine-tuning steps from base eval loss 3.126): LoRA r=4 3.064,
+PaCA r=8 3.093, int8 PaCA r=8 3.093, full 2.943; PaCA r=8's step time about 0.7-0.8x LoRA r=4's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+METHODS = ("lora", "paca", "paca_int8", "paca_rk", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Pre-training and fine-tuning sizes.
+
+  Attributes:
+    pretrain_steps: full-fine-tuning steps on the first half of tinyshakespeare (the base model).
+    finetune_steps: steps of each method on the second half.
+    k: LoRA rank; PaCA gets 2k rows (about the same trainable parameters) and also k.
+    batch: sequences per step.
+    seq: bytes per sequence.
+    eval_batches: held-out batches for the eval loss.
+    methods: subset of ``METHODS``.
+    seed: data and initialisation seed.
+  """
+
+  pretrain_steps: int = 600
+  finetune_steps: int = 300
+  k: int = 8
+  batch: int = 8
+  seq: int = 64
+  eval_batches: int = 4
+  methods: tuple[str, ...] = METHODS
+  seed: int = 0
+
+  @classmethod
+  def smoke(cls) -> Config:
+    return cls(pretrain_steps=2, finetune_steps=2, k=2, eval_batches=1, methods=("lora", "paca"))
+
+  @classmethod
+  def quick(cls) -> Config:
+    return cls(pretrain_steps=60, finetune_steps=40, k=4)
+
+  @classmethod
+  def full(cls) -> Config:
+    return cls()

@@ -1,0 +1,206 @@
+"""``python -m experiments.reproduce``: the smoke run of every study, the report and its errors."""
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from experiments import reproduce
+from experiments.report import NUMBER, headline_table, numbers_in, write_report
+
+REPO = reproduce.REPO
+LIBRARIES = ("jaxsteer", "paca_jax", "ntk", "recoder")
+
+
+@pytest.mark.slow
+def test_smoke_run_and_report(tmp_path, data_dir):
+  """One smoke run of every study (2-3 minutes on 2 quiet cores) and checks of its outputs.
+
+  A single test on purpose: pytest-xdist would otherwise run the smoke once per worker.
+  """
+  out = tmp_path / "smoke"
+  rc = reproduce.main(["--smoke", "--out", str(out), "--data", str(data_dir)])
+  results = json.loads((out / "results.json").read_text())
+  _check_studies(rc, out, results)
+  _check_report_numbers(out, results)
+  _check_report_from_results_alone(out, results, tmp_path / "again")
+  _check_sgntk_values(out, results)
+
+
+def _check_studies(rc, out, results):
+  failed = {k: v.get("error") for k, v in results["studies"].items() if v["status"] != "ok"}
+  assert rc == 0 and not failed, failed
+  assert list(results["studies"]) == list(reproduce.STUDIES)
+  for name, st in results["studies"].items():
+    assert st["headline"], name
+    assert {"model", "data", "seed", "config"} <= set(st["setting"]), name
+    for fig in st["figures"]:
+      assert (out / fig).stat().st_size > 1000, fig
+  # The figures the issue asks for.
+  figures = {f for st in results["studies"].values() for f in st["figures"]}
+  for f in (
+    "grains/attribution.png",
+    "grains/synthetic.png",
+    "grains/stories.png",
+    "paca/time_memory.png",
+    "paca/loss_curves.png",
+    "sgntk/fig2_sg_ntk.png",
+    "sgntk/fig3_sgl_vs_gp.png",
+    "recoder/variants.png",
+    "recoder/garden_path_quick.png",
+  ):
+    assert f in figures, f
+
+
+def _check_report_numbers(out, results):
+  report = (out / "REPORT.md").read_text()
+  allowed = numbers_in(json.loads((out / "results.json").read_text()))
+  shown = set(NUMBER.findall(report))
+  assert shown, "the report shows no numbers"
+  assert shown <= allowed, sorted(shown - allowed)
+  # The setting of each paper: claim, hardware as detected, jax version, figures linked.
+  env = results["environment"]
+  assert env["summary"] in report and f"jax {env['jax']}" in report
+  assert f"{env['cpu_cores']} cores" in report
+  for name, st in results["studies"].items():
+    assert st["claim"] in report and f"(`{name}`)" in report
+    for fig in st["figures"]:
+      assert f"]({fig})" in report
+
+
+def _check_report_from_results_alone(out, results, again):
+  again.mkdir()
+  write_report(results, again)
+  assert (again / "REPORT.md").read_text() == (out / "REPORT.md").read_text()
+
+
+def _check_sgntk_values(out, results):
+  """Moved from tests/ntk/test_experiment_smoke.py: the SG-NTK study's qualitative checks."""
+  summary = results["studies"]["sgntk"]["result"]
+  assert json.loads((out / "sgntk" / "summary.json").read_text())["quick"] is True
+  naive = summary["fig1_naive_ntk"]["m_limit"]
+  assert naive["m=100"]["diag"] > 10 * naive["m=2"]["diag"]
+  sg = summary["fig2_sg_ntk"]["m_limit"]
+  assert abs(sg["m=100"]["diag"] - sg["sign"]["diag"]) < 0.05
+  assert 0.0 <= summary["digits"]["acc_sgntk_gp_mean_inf"] <= 1.0
+
+
+@pytest.mark.parametrize("name", list(reproduce.STUDIES))
+def test_study_config_documents_itself(name):
+  study = reproduce.STUDIES[name]
+  mod = study.config_module()
+  doc = mod.__doc__
+  assert "python -m experiments." in doc and "Expected headline" in doc, name
+  assert re.search(r"\d+(-\d+)? (minutes|s) on 2 CPU cores", doc), name
+  for mode in reproduce.MODES:
+    cfg = study.config(mode)
+    assert dataclasses.is_dataclass(cfg) and cfg.__dataclass_params__.frozen
+    hash(cfg)  # static: configs are hashable
+  assert callable(study.run_module().run)
+
+
+def _err(capsys):
+  return capsys.readouterr().err
+
+
+def test_unknown_study_is_a_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(["--smoke", "--only", "grains,nope", "--out", str(tmp_path)])
+  assert e.value.code == 2
+  err = _err(capsys)
+  assert "unknown studies ['nope']" in err and "grains" in err
+  assert not (tmp_path / "REPORT.md").exists()
+
+
+def test_missing_data_directory_is_a_usage_error(tmp_path, capsys):
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(["--smoke", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "o")])
+  assert e.value.code == 2
+  assert f"data directory not found: {tmp_path / 'absent'}" in _err(capsys)
+  assert not (tmp_path / "o" / "REPORT.md").exists()
+
+
+def test_unwritable_output_directory_is_a_usage_error(tmp_path, capsys):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(["--smoke", "--out", str(blocker / "out"), "--data", str(tmp_path)])
+  assert e.value.code == 2
+  assert f"output directory {blocker / 'out'} is not writable" in _err(capsys)
+
+
+class _Failing(reproduce.Study):
+  def run_module(self):
+    class M:
+      @staticmethod
+      def run(**kw):
+        raise RuntimeError("boom in the study")
+
+    return M
+
+
+def test_failed_study_is_marked_failed_not_claimed(tmp_path, monkeypatch, capsys):
+  study = reproduce.STUDIES["sgntk"]
+  monkeypatch.setitem(
+    reproduce.STUDIES,
+    "sgntk",
+    _Failing(**{f.name: getattr(study, f.name) for f in dataclasses.fields(study)}),
+  )
+  (tmp_path / "REPORT.md").write_text("stale report claiming results 0.99\n")
+  rc = reproduce.main(
+    ["--smoke", "--only", "sgntk", "--out", str(tmp_path), "--data", str(tmp_path)]
+  )
+  assert rc == 1
+  results = json.loads((tmp_path / "results.json").read_text())
+  st = results["studies"]["sgntk"]
+  assert results["ok"] is False and st["status"] == "failed"
+  assert st["error"] == "RuntimeError: boom in the study" and "headline" not in st
+  report = (tmp_path / "REPORT.md").read_text()
+  assert "**FAILED**" in report and "No numbers are claimed" in report and "boom" in report
+  assert "0.99" not in report
+  assert set(NUMBER.findall(report)) <= numbers_in(results)
+
+
+def test_missing_default_data_skips_studies_that_need_it(tmp_path, monkeypatch):
+  monkeypatch.delenv("JAXSTEER_DATA", raising=False)
+  monkeypatch.setattr(reproduce, "default_data_dir", lambda: tmp_path / "no_data")
+  rc = reproduce.main(["--smoke", "--only", "paca,recoder", "--out", str(tmp_path / "o")])
+  assert rc == 0
+  results = json.loads((tmp_path / "o" / "results.json").read_text())
+  for name in ("paca", "recoder"):
+    assert results["studies"][name]["status"] == "skipped"
+    assert "data not found" in results["studies"][name]["reason"]
+  assert "skipped" in (tmp_path / "o" / "REPORT.md").read_text()
+
+
+def test_library_packages_never_import_experiments():
+  pattern = re.compile(r"^\s*(from|import)\s+experiments\b|import_module\([\"']experiments", re.M)
+  offenders = [
+    str(p.relative_to(REPO))
+    for lib in LIBRARIES
+    for p in (REPO / lib).rglob("*.py")
+    if pattern.search(p.read_text())
+  ]
+  assert not offenders, offenders
+  code = (
+    "import sys, jaxsteer, paca_jax, ntk, recoder; "
+    "bad = [m for m in sys.modules if m == 'experiments' or m.startswith('experiments.')]; "
+    "assert not bad, bad"
+  )
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=300)
+
+
+def test_readme_headline_table_is_generated_from_committed_results():
+  path = REPO / "experiments" / "results" / "quick" / "results.json"
+  if not path.is_file():
+    pytest.skip(f"no committed quick run at {path}")
+  results = json.loads(path.read_text())
+  assert headline_table(results) in (REPO / "README.md").read_text()
+  report = (path.parent / "REPORT.md").read_text()
+  assert set(NUMBER.findall(report)) <= numbers_in(results)
+  for st in results["studies"].values():
+    for fig in st.get("figures", []):
+      assert (path.parent / fig).is_file(), fig
