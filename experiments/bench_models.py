@@ -173,7 +173,7 @@ def set_threads(threads: int) -> None:
   if threads == 1:
     flags = os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (
-      flags + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+      flags + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
 
 

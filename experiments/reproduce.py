@@ -11,6 +11,7 @@ runtime and expected headline, and ``experiments/<study>/run.py`` exposes
 
 - ``models``: load the default model (stories260K, llama2.c) and generate (the foundation check).
 - ``grains``: GrAInS vs CAA vs unsteered on a controlled synthetic task and on stories260K.
+- ``vlm``: GrAInS on a toy LLaVA (CLIP tower + stories260K) that hallucinates on a text trigger.
 - ``paca``: PaCA vs LoRA vs full fine-tuning.
 - ``sgntk``: the SG-NTK paper's Figures 1-3 and a digits study.
 - ``recoder``: recoding LSTM language models on Penn Treebank.
@@ -101,6 +102,14 @@ STUDIES: dict[str, Study] = {
       "fine-tuning (e.g. +13.22 points of TruthfulQA accuracy on Llama-3.1-8B) while keeping "
       "fluency.",
       takes_model=True,
+    ),
+    Study(
+      "vlm",
+      "GrAInS for vision-language models (Nguyen et al., 2025)",
+      "Contrastive integrated gradients over the merged image-and-text input of a LLaVA model "
+      "find the tokens behind a hallucinated answer; steering with the resulting vectors lowers "
+      "the MMHal-Bench hallucination rate of LLaVA-1.6-7B from 0.624 to 0.514.",
+      requires=("stories260K/stories260K.bin", "stories260K/tok512.bin"),
     ),
     Study(
       "paca",

@@ -45,6 +45,8 @@ def _check_studies(rc, out, results):
     "grains/attribution.png",
     "grains/synthetic.png",
     "grains/stories.png",
+    "vlm/vlm_attribution.png",
+    "vlm/vlm_sweep.png",
     "paca/time_memory.png",
     "paca/loss_curves.png",
     "sgntk/fig2_sg_ntk.png",

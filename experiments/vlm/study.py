@@ -21,12 +21,11 @@ log-likelihood of the four colour answers, names a colour the image does not sho
   and text) vs CAA over a sweep of alpha (both vectors scaled to the layer's mean residual norm, so alpha is in units of it);
 - an attribution picture of one item (patch scores over the image).
 
-  python -m experiments.grains.vlm --out experiments/grains/results   # ~3 min on 2 CPU cores
+  python -m experiments.vlm.run --out experiments/vlm/results   # about 6 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -41,6 +40,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import jaxsteer
+from experiments.vlm.config import Config as VLMStudyConfig
 from jaxsteer import grains
 from jaxsteer.models import LlavaConfig, VisionConfig, VisionLanguageModel, init_random
 
@@ -53,39 +53,6 @@ COLORS = {
 NAMES = tuple(COLORS)
 TRIGGER = "I like the sky."
 QUESTION = "What color is the box?"
-
-
-@dataclasses.dataclass(frozen=True)
-class VLMStudyConfig:
-  """Settings of the study (``quick`` shrinks training and evaluation)."""
-
-  image_size: int = 84
-  patch_size: int = 14
-  vision_hidden: int = 64
-  vision_layers: int = 2
-  train_steps: int = 500
-  batch: int = 16
-  lr: float = 2e-3
-  p_trigger: float = 0.3
-  n_pairs: int = 24
-  n_eval: int = 96
-  n_attr: int = 12
-  steer_layer: int = 3
-  alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0)
-  k: int = 10
-  steps: int = 64  # IG steps of the fits
-  attr_steps: int = 256  # IG steps of the attribution measurements (16 steps: error > 100%)
-  seed: int = 0
-
-  @classmethod
-  def quick(cls) -> VLMStudyConfig:
-    return cls(train_steps=200, n_pairs=8, n_eval=32, n_attr=4, alphas=(0.0, 1.0, 2.0))
-
-  @classmethod
-  def smoke(cls) -> VLMStudyConfig:
-    return cls(
-      train_steps=2, batch=4, n_pairs=2, n_eval=4, n_attr=1, alphas=(1.0,), steps=4, attr_steps=4
-    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -379,18 +346,3 @@ def plot(results: dict, path) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-
-
-def main(argv=None) -> None:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--quick", action="store_true")
-  ap.add_argument("--out", default="experiments/grains/results")
-  ap.add_argument("--data", default=os.environ.get("JAXSTEER_DATA", "../shared/data"))
-  args = ap.parse_args(argv)
-  cfg = VLMStudyConfig.quick() if args.quick else VLMStudyConfig()
-  res = run(cfg, args.data, args.out)
-  print(json.dumps({k: v for k, v in res.items() if k not in ("setting", "sweeps")}, indent=2))
-
-
-if __name__ == "__main__":
-  main()
