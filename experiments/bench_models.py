@@ -172,9 +172,7 @@ def set_threads(threads: int) -> None:
   torch.set_num_threads(threads)
   if threads == 1:
     flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = (
-      flags + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
 
 
 def run(quick: bool = False, threads: int = 1) -> dict:
