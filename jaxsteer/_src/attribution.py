@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsteer._src.models.llava import as_image_list
+
 # ------------------------------------------------------------------------------------------------
 # Quadrature rules on [0, 1]: a registry name -> (steps -> (nodes, weights)).
 
@@ -166,15 +168,6 @@ class ImageInputs:
 
   pixel_values: np.ndarray
   image_sizes: np.ndarray | None = None
-
-
-def as_image_list(image) -> list:
-  """``None`` -> ``[]``; one image (path, PIL image or array) -> ``[image]``; a list stays."""
-  if image is None:
-    return []
-  if isinstance(image, list | tuple):
-    return list(image)
-  return [image]
 
 
 def encode_pair(lm, prompt, response, images=None, separator=" "):
