@@ -1,6 +1,6 @@
 """Reproduces all four papers at small scale and writes a report with tables and plots.
 
-  python -m experiments.reproduce --quick                    # 12-15 minutes on 2 CPU cores
+  python -m experiments.reproduce --quick                    # 7 min on 2 quiet CPU cores (15 loaded)
   python -m experiments.reproduce --smoke --out /tmp/smoke   # one or two steps of everything
   python -m experiments.reproduce --only grains,sgntk --out runs/reproduce   # full settings
   python -m experiments.reproduce --quick --only grains --model meta-llama/Llama-3.2-1B  # online
