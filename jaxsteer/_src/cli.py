@@ -340,7 +340,7 @@ def cmd_fit(args) -> dict:
     images = [_image_arg(lm, args.image)] * len(pairs)
   elif any(p.image is not None for p in pairs):
     for p in pairs:
-      if p.image is not None:
+      if isinstance(p.image, str | os.PathLike):  # SPA-VL pairs carry decoded images
         _image_arg(lm, p.image)
   vecs = grains.fit(
     lm,

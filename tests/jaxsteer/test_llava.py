@@ -421,3 +421,21 @@ def test_init_random_builds_every_parameter(saved):
   logits, hidden = lm(ids, pixel_values=pixels, return_hidden=True)
   assert logits.shape == (2, 16, 32064) and len(hidden) == 2
   assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_bfloat16_load_matches_float32(saved, images):
+  """A bfloat16 load computes in bfloat16; its logits agree with float32 to bfloat16 precision."""
+  from tolerances import tol
+
+  _, d = saved("llava_default")
+  lm32 = jaxsteer.load(str(d))
+  lm16 = jaxsteer.load(str(d), dtype="bfloat16")
+  assert lm16.dtype == jax.numpy.bfloat16
+  assert all(a.dtype == jax.numpy.bfloat16 for a in jax.tree.leaves(lm16.params))
+  pixels, _ = lm32.preprocess([images["chelsea.png"]])
+  rng = np.random.default_rng(1)
+  ids = np.asarray([_row(rng, 4, [lm32.num_image_tokens()], 16)])
+  a = np.asarray(lm32(ids, pixel_values=pixels))
+  b = np.asarray(lm16(ids, pixel_values=pixels), np.float32)
+  rtol, atol = tol("bfloat16")
+  np.testing.assert_allclose(b, a, rtol=rtol, atol=atol)

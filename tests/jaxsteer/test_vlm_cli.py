@@ -142,3 +142,20 @@ def test_image_errors(capsys, model_dir, image, tmp_path, stories260k):
     capsys, ["generate", "--model", stories260k[0], "--prompt", "Hi", "--image", image]
   )
   assert code == 2 and "vision-language model" in err
+
+
+def test_fit_from_spavl_preference_rows(capsys, model_dir, image, tmp_path):
+  shutil.copy(image, tmp_path / "cat.png")
+  rows = [
+    {"image": "cat.png", "question": "What is this?", "chosen": "A cat.", "rejected": "A dog."},
+    {"image": "cat.png", "question": "Is it safe?", "chosen": "Yes.", "rejected": "No way."},
+  ]
+  data = tmp_path / "spavl.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  code, out, err = _run(
+    capsys,
+    ["fit", "--model", model_dir, "--spavl", data, "--n", 2, "--layers", "2", "--k", 3]
+    + ["--steps", 2, "--out", tmp_path / "vecs"],
+  )
+  assert code == 0, err
+  assert out["spavl"] == str(data) and out["num_pairs"] == 2 and out["mode"] == "pos"

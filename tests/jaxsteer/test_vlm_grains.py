@@ -211,3 +211,17 @@ def test_patch_score_picture(vlm, images, tmp_path):
   res.plot_image(tmp_path / "patches.png")
   assert (tmp_path / "patches.png").stat().st_size > 5000
   assert isinstance(res.image_inputs, ImageInputs)
+
+
+def test_attribution_on_a_sharded_vlm_matches(vlm, images):
+  """Parameters placed on a 4x2 (fsdp, tensor) mesh by the rule table give the same scores."""
+  import jax
+
+  from jaxsteer.models import param_shardings
+
+  mesh = jax.make_mesh((4, 2), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  sharded = vlm.replace(params=jax.device_put(vlm.params, param_shardings(vlm.params, mesh)))
+  a = _attr(sharded, images["coffee"], steps=4)
+  b = _attr(vlm, images["coffee"], steps=4)
+  np.testing.assert_allclose(a.scores_pos, b.scores_pos, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(a.scores_neg, b.scores_neg, rtol=1e-4, atol=1e-5)
