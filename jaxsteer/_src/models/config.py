@@ -162,19 +162,24 @@ class ModelConfig:
 
   @classmethod
   def from_json(cls, path: str | pathlib.Path) -> ModelConfig:
-    path = pathlib.Path(path)
-    try:
-      hf = json.loads(path.read_text())
-    except FileNotFoundError:
-      raise FileNotFoundError(f"missing config.json: {path}") from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f"corrupt config.json at {path}: {e}") from None
-    if not isinstance(hf, dict):
-      raise ValueError(f"corrupt config.json at {path}: expected a JSON object")
-    try:
-      return cls.from_hf(hf)
-    except KeyError as e:
-      raise ValueError(f"config.json at {path} lacks the field {e}") from None
+    return config_from_json(cls, path)
+
+
+def config_from_json(cls, path: str | pathlib.Path):
+  """``cls.from_hf`` of the JSON object in ``path``, with errors that name the file."""
+  path = pathlib.Path(path)
+  try:
+    hf = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f"missing config.json: {path}") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"corrupt config.json at {path}: {e}") from None
+  if not isinstance(hf, dict):
+    raise ValueError(f"corrupt config.json at {path}: expected a JSON object")
+  try:
+    return cls.from_hf(hf)
+  except KeyError as e:
+    raise ValueError(f"config.json at {path} lacks the field {e}") from None
 
 
 def _first(x):

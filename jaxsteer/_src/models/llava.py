@@ -45,7 +45,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxsteer._src.models import loading
-from jaxsteer._src.models.config import ModelConfig
+from jaxsteer._src.models.config import ModelConfig, config_from_json
 from jaxsteer._src.models.lm import (
   LanguageModel,
   _apply,
@@ -320,19 +320,7 @@ class LlavaConfig:
 
   @classmethod
   def from_json(cls, path: str | pathlib.Path) -> LlavaConfig:
-    path = pathlib.Path(path)
-    try:
-      hf = json.loads(path.read_text())
-    except FileNotFoundError:
-      raise FileNotFoundError(f"missing config.json: {path}") from None
-    except json.JSONDecodeError as e:
-      raise ValueError(f"corrupt config.json at {path}: {e}") from None
-    if not isinstance(hf, dict):
-      raise ValueError(f"corrupt config.json at {path}: expected a JSON object")
-    try:
-      return cls.from_hf(hf)
-    except KeyError as e:
-      raise ValueError(f"config.json at {path} lacks the field {e}") from None
+    return config_from_json(cls, path)
 
 
 # ------------------------------------------------------------------------------------------------
