@@ -374,8 +374,8 @@ def baseline_embeddings(lm, ids, kind: str = "pad"):
   if kind == "zeros":
     return jnp.zeros(jnp.shape(ids) + (lm.config.hidden_size,), lm.dtype)
   if kind == "mean":
-    table = embed(lm, jnp.arange(lm.config.vocab_size, dtype=jnp.int32)[None])[0]
-    return jnp.broadcast_to(table.mean(axis=0), jnp.shape(ids) + table.shape[-1:])
+    mean = lm.module.apply({"params": lm.params}, method=lambda m: m.mean_token_embedding())
+    return jnp.broadcast_to(mean, jnp.shape(ids) + mean.shape)
   raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINES)}")
 
 

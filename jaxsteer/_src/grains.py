@@ -226,20 +226,37 @@ def hidden_last(
   embedding (``mask_with="pad"``, the released code's choice); for a VLM a masked image token's
   projected feature is replaced the same way. ``images``: one ``ImageInputs`` or ``None`` per row.
   """
+  return _capture_variants(lm, rows, layers, [masks], mask_with, baseline, images)[0]
+
+
+def _capture_variants(lm, rows, layers, mask_sets, mask_with, baseline, images):
+  """``hidden_last`` of ``rows`` under each entry of ``mask_sets`` (``None``: unmasked).
+
+  The input sequence (for a VLM: the vision tower and projector) and the masking vector are
+  computed once and shared by every variant.
+  """
   ids, attn = pad_rows(rows, 16, lm.pad_id)
   emb = input_embeddings(lm, ids, images)
-  if masks is not None:
-    drop = np.zeros(ids.shape, bool)
-    for i, m in enumerate(masks):
-      drop[i, : len(m)] = m
-    kind = "pad" if mask_with == "pad" else baseline
-    base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
-    emb = jnp.where(jnp.asarray(drop)[..., None], base, emb)
+  base = None
   last = jnp.asarray([len(r) - 1 for r in rows], jnp.int32)
   f, a = lm.intercept
-  return np.asarray(
-    capture_last(lm.module, f, lm.params, a, emb, jnp.asarray(attn), last, tuple(layers))
-  )
+  out = []
+  for masks in mask_sets:
+    x = emb
+    if masks is not None:
+      drop = np.zeros(ids.shape, bool)
+      for i, m in enumerate(masks):
+        drop[i, : len(m)] = m
+      if base is None:
+        kind = "pad" if mask_with == "pad" else baseline
+        base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
+      x = jnp.where(jnp.asarray(drop)[..., None], base, emb)
+    out.append(
+      np.asarray(
+        capture_last(lm.module, f, lm.params, a, x, jnp.asarray(attn), last, tuple(layers))
+      )
+    )
+  return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -400,10 +417,11 @@ def fit(
         ims.append(im)
         m_pos.append(_top(sc, c, k, largest=True))
         m_neg.append(_top(sc, c, k, largest=False))
-    h = hidden_last(lm, seqs, layers, images=ims)
-    d_pos.append(h - hidden_last(lm, seqs, layers, m_pos, mask_with, baseline, ims))
+    variants = [None, m_pos] + ([m_neg] if mode == "both" else [])
+    h, *masked = _capture_variants(lm, seqs, layers, variants, mask_with, baseline, ims)
+    d_pos.append(h - masked[0])
     if mode == "both":
-      d_neg.append(h - hidden_last(lm, seqs, layers, m_neg, mask_with, baseline, ims))
+      d_neg.append(h - masked[1])
   d_pos = np.concatenate(d_pos)  # (2N, L, D)
   agg = AGGREGATORS[aggregate]
   v_pos = np.stack([agg(d_pos[:, j]) for j in range(len(layers))])

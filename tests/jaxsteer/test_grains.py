@@ -73,14 +73,13 @@ def test_selection_masks_the_top_tokens(lm, monkeypatch):
   from jaxsteer._src import grains as g
 
   calls = []
-  orig = g.hidden_last
+  orig = g._capture_variants
 
-  def spy(lm_, rows, layers, masks=None, *a, **k):
-    if masks is not None:
-      calls.append((rows, masks))
-    return orig(lm_, rows, layers, masks, *a, **k)
+  def spy(lm_, rows, layers, mask_sets, *a, **k):
+    calls.extend((rows, masks) for masks in mask_sets if masks is not None)
+    return orig(lm_, rows, layers, mask_sets, *a, **k)
 
-  monkeypatch.setattr(g, "hidden_last", spy)
+  monkeypatch.setattr(g, "_capture_variants", spy)
   pair = PAIRS[0]
   grains.fit(lm, [pair], layers=[1], k=2, steps=8, progress=False)
   res = jaxsteer.attribution.contrastive(

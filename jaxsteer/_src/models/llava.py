@@ -379,6 +379,9 @@ class Llava(nn.Module):
     """Text token embeddings (B, T, D) (image tokens get their own, unused, embedding)."""
     return self.language_model.embed_tokens(input_ids)
 
+  def mean_token_embedding(self):
+    return self.language_model.mean_token_embedding()
+
   def _select(self, hidden):
     cfg = self.config
     feats = [hidden[i] for i in cfg.feature_layers]

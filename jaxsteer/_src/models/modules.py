@@ -219,6 +219,10 @@ class CausalLM(nn.Module):
     """Token embeddings (B, T, D): the input space of attribution."""
     return self.embed(input_ids)
 
+  def mean_token_embedding(self):
+    """The mean row of the embedding table (D,), in the compute dtype."""
+    return jnp.mean(self.embed.embedding, axis=0).astype(self.dtype)
+
   def __call__(
     self,
     input_ids=None,
