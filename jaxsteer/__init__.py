@@ -6,6 +6,13 @@
 >>> jaxsteer.steer(lm, vecs, alpha=4.0).generate("Once upon a time")  # doctest: +SKIP
 """
 
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("jaxsteer")  # one version for the distribution's four packages
+except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
+  __version__ = "0+unknown"
+
 from jaxsteer import attribution as attribution
 from jaxsteer import evals as evals
 from jaxsteer import grains as grains
@@ -14,4 +21,13 @@ from jaxsteer._src.steering import steer as steer
 from jaxsteer.models import LanguageModel as LanguageModel
 from jaxsteer.models import load as load
 
-__all__ = ["LanguageModel", "attribution", "evals", "grains", "load", "models", "steer"]
+__all__ = [
+  "__version__",
+  "LanguageModel",
+  "attribution",
+  "evals",
+  "grains",
+  "load",
+  "models",
+  "steer",
+]

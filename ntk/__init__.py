@@ -20,6 +20,13 @@ Usage::
   emp = ntk.empirical_sg_ntk_fn(apply_fn)(x1, x2, params) # J(x1) J~(x2)^T at finite width
 """
 
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("jaxsteer")  # one version for the distribution's four packages
+except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
+  __version__ = "0+unknown"
+
 from ntk._src import compat as _compat
 
 nt = _compat.import_neural_tangents()  # neural_tangents, imported under the layer
@@ -41,6 +48,7 @@ from ntk._src.surrogates import (  # noqa: E402
 )
 
 __all__ = [
+  "__version__",
   "SURROGATES",
   "SurrogateDerivative",
   "analytic_sg_ntk",

@@ -10,6 +10,13 @@ Usage::
   state, loss = trainer.step(state, {"x": tokens, "y": targets})
 """
 
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("jaxsteer")  # one version for the distribution's four packages
+except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
+  __version__ = "0+unknown"
+
 from paca_jax import export, lora, models
 from paca_jax._src.adapters import (
   Full,
@@ -37,6 +44,7 @@ from paca_jax._src.training import (
 )
 
 __all__ = [
+  "__version__",
   "DEFAULT_RULES",
   "Full",
   "Lora",

@@ -10,6 +10,13 @@ Usage::
                            recoding=recoder.RecodingConfig("surprisal"), step_size=0.5)
 """
 
+from importlib import metadata as _metadata
+
+try:
+  __version__ = _metadata.version("jaxsteer")  # one version for the distribution's four packages
+except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
+  __version__ = "0+unknown"
+
 from recoder._src.data import (
   Corpus,
   Vocab,
@@ -42,6 +49,7 @@ from recoder._src.recode import (
 )
 
 __all__ = [
+  "__version__",
   "Corpus",
   "encode",
   "Vocab",

@@ -14,8 +14,6 @@ Usage::
                    step_size=0.5)   # out.nll (B, T), out.state
 """
 
-from __future__ import annotations
-
 import dataclasses
 from typing import Any, NamedTuple
 
