@@ -467,17 +467,12 @@ HUB_PATTERNS = (
 
 def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
   """Downloads the safetensors files, config and tokenizer of a hub model (never pickles)."""
-  import huggingface_hub
+  from jaxsteer._src import hub
 
-  try:
-    path = huggingface_hub.snapshot_download(
-      repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS)
-    )
-  except Exception as e:  # offline, unknown repo, auth
-    raise FileNotFoundError(
-      f"{repo_id!r} is neither a local path nor a downloadable hub model ({type(e).__name__}: {e})"
-    ) from None
-  return pathlib.Path(path)
+  try:  # bounded wait for an endpoint that never replies (jaxsteer._src.hub)
+    return hub.snapshot(repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS))
+  except FileNotFoundError as e:  # offline, unknown repo, auth, no reply
+    raise FileNotFoundError(f"{repo_id!r} is neither a local path nor a hub model: {e}") from None
 
 
 def load(
