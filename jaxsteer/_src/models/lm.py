@@ -319,6 +319,12 @@ class LanguageModel:
       if isinstance(p, str):
         if not p:
           raise ValueError("empty prompt: give text, or token ids such as [bos_id]")
+        least = _min_tokens(self.tokenizer, p)
+        if least > self.config.max_position_embeddings:  # provably too long: skip tokenising
+          raise ValueError(
+            f"prompt of {len(p)} characters is at least {least} tokens, longer than the model's "
+            f"context of {self.config.max_position_embeddings}"
+          )
         p = self.encode(p)
       p = [int(t) for t in p]
       if not p:
@@ -443,6 +449,26 @@ def _strip(row, eos):
   if eos is not None and eos in row:
     row = row[: row.index(eos)]
   return row
+
+
+def _min_tokens(tok, text: str) -> int:
+  """A lower bound on ``len(tok.encode(text))`` (BOS included) for llama2.c tokenizers, else 0.
+
+  Every llama2.c token stands for at most ``max(len(piece))`` bytes of the text (a byte-fallback
+  token for one), and the dummy-prefix space adds a byte, so at least
+  ``ceil((len(utf8) + 1) / longest)`` tokens follow the BOS.
+  """
+  pieces = getattr(tok, "pieces", None)
+  if not pieces or not isinstance(pieces, list):
+    return 0
+  longest = getattr(tok, "_longest_piece", None)
+  if longest is None:
+    longest = max(max(len(x) for x in pieces), 1)
+    try:
+      tok._longest_piece = longest
+    except AttributeError:
+      pass
+  return 1 + -(-(len(text.encode("utf-8")) + 1) // longest)
 
 
 # ------------------------------------------------------------------------------------------------
