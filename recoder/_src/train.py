@@ -409,8 +409,8 @@ def save_run_config(out: pathlib.Path, args, lm, rc, tc):
 def train(args) -> dict:
   """Runs (or resumes) training; returns a summary dict (also written to ``out/summary.json``)."""
   out = pathlib.Path(args.out).resolve()
+  corpus, train_ids, valid_ids, test_ids = load_data(args)  # bad data: fail before any write
   out.mkdir(parents=True, exist_ok=True)
-  corpus, train_ids, valid_ids, test_ids = load_data(args)
   lm_cfg, rc, tc = configs_from_args(args, corpus.vocab.size)
   model = LSTMLM(lm_cfg)
 

@@ -185,10 +185,34 @@ def config_from_json(cls, path: str | pathlib.Path):
     raise ValueError(f"corrupt config.json at {path}: {e}") from None
   if not isinstance(hf, dict):
     raise ValueError(f"corrupt config.json at {path}: expected a JSON object")
+  for k in _INT_FIELDS:
+    v = hf.get(k)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+      raise ValueError(f"config.json at {path}: {k} must be an integer, got {v!r}")
   try:
     return cls.from_hf(hf)
   except KeyError as e:
     raise ValueError(f"config.json at {path} lacks the field {e}") from None
+  except TypeError as e:  # a field of the wrong type not caught above
+    raise ValueError(f"config.json at {path} has a field of the wrong type ({e})") from None
+
+
+# Integer fields of HF configs (Llama family and GPT-2 names), checked before use.
+_INT_FIELDS = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "head_dim",
+  "max_position_embeddings",
+  "n_embd",
+  "n_layer",
+  "n_head",
+  "n_positions",
+  "n_inner",
+)
 
 
 def _first(x):
