@@ -69,15 +69,19 @@ def snapshot(
       # A cached copy still serves (local_files_only), as snapshot_download would offline.
       try:
         path = huggingface_hub.snapshot_download(
-          repo_id, repo_type=repo_type, revision=revision, local_files_only=True, **kw
+          repo_id,
+          revision=revision,
+          local_files_only=True,
+          **({"repo_type": repo_type} if repo_type else {}),
+          **kw,
         )
       except Exception:
         raise FileNotFoundError(f"cannot download {where}: {reason}") from None
       return pathlib.Path(path)
+  if repo_type is not None:
+    kw["repo_type"] = repo_type
   try:
-    path = huggingface_hub.snapshot_download(
-      repo_id, repo_type=repo_type, revision=revision, etag_timeout=timeout, **kw
-    )
+    path = huggingface_hub.snapshot_download(repo_id, revision=revision, **kw)
   except Exception as e:
     raise FileNotFoundError(f"cannot download {where}: {type(e).__name__}: {e}") from None
   return pathlib.Path(path)

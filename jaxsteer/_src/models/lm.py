@@ -498,7 +498,9 @@ def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
   try:  # bounded wait for an endpoint that never replies (jaxsteer._src.hub)
     return hub.snapshot(repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS))
   except FileNotFoundError as e:  # offline, unknown repo, auth, no reply
-    raise FileNotFoundError(f"{repo_id!r} is neither a local path nor a hub model: {e}") from None
+    raise FileNotFoundError(
+      f"{repo_id!r} is neither a local path nor a downloadable hub model: {e}"
+    ) from None
 
 
 def load(
