@@ -10,6 +10,7 @@ from jaxsteer._src.evals.judges import JUDGES as JUDGES
 from jaxsteer._src.evals.judges import MMHAL_PROMPT as MMHAL_PROMPT
 from jaxsteer._src.evals.judges import PAIRWISE_PROMPT as PAIRWISE_PROMPT
 from jaxsteer._src.evals.judges import EvalLog as EvalLog
+from jaxsteer._src.evals.judges import JudgeError as JudgeError
 from jaxsteer._src.evals.judges import JudgeRunner as JudgeRunner
 from jaxsteer._src.evals.judges import LLMJudge as LLMJudge
 from jaxsteer._src.evals.judges import Rating as Rating
@@ -54,6 +55,7 @@ from jaxsteer._src.evals.truthfulqa import tokenize_request as tokenize_request
 
 __all__ = [
   "EvalLog",
+  "JudgeError",
   "JudgeRunner",
   "check_judge_url",
   "DEFAULT_SPLIT_PATH",

@@ -536,14 +536,17 @@ def cmd_eval_vlm(args) -> dict:
     }
     log = evals.EvalLog(str(args.out) + ".log.jsonl", header)
   run = evals.evaluate_mmhal if args.benchmark == "mmhal" else evals.evaluate_spavl
-  report = run(
-    generators,
-    items,
-    judge,
-    progress=not args.no_progress,
-    log=log,
-    on_error="record" if log is not None else "raise",
-  )
+  try:
+    report = run(
+      generators,
+      items,
+      judge,
+      progress=not args.no_progress,
+      log=log,
+      on_error="record" if log is not None else "raise",
+    )
+  except judges.JudgeError as e:  # the endpoint is down or misbehaves: one line, exit 2
+    raise CLIError(str(e)) from None
   if args.out:
     report.save_json(args.out)
   n_err = sum(("error" in r or "errors" in r) for recs in report.records.values() for r in recs)

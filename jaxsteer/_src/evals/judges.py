@@ -248,7 +248,7 @@ class JudgeRunner:
       self._streak += 1
       if self._streak >= self.max_consecutive:
         where = f"; generations and judgements so far are in {self.log.path}" if self.log else ""
-        raise RuntimeError(
+        raise JudgeError(
           f"the judge failed {self._streak} times in a row (last: {msg}){where}; fix the judge "
           "and run the same command again to resume"
         ) from None
@@ -579,6 +579,11 @@ def _retry_after(value: str | None) -> float | None:
   return max(0.0, when.timestamp() - time.time())
 
 
+class JudgeError(RuntimeError):
+  """The judge endpoint failed (HTTP error, redirect, timeout, oversized or malformed reply), or
+  failed too often in a row during an evaluation."""
+
+
 class _Deadline:
   """Closes a connection's socket when the total time of a call runs out (a trickling server)."""
 
@@ -711,9 +716,9 @@ def openai_complete(
 
   Raises:
     ValueError: a bad URL (see ``check_judge_url``) or a non-positive limit.
-    RuntimeError (from the returned function): the server answered with an error status or a
-      redirect, could not be reached in time, sent too much, or sent a reply without
-      ``choices[0].message.content``.
+    JudgeError (a ``RuntimeError``; from the returned function): the server answered with an
+      error status or a redirect, could not be reached in time, sent too much, or sent a reply
+      without ``choices[0].message.content``.
   """
   u = check_judge_url(base_url)
   if timeout is not None:
@@ -772,19 +777,19 @@ def openai_complete(
           if e.retry and attempt < retries:
             note += f" (a retry after {wait:.3g} s would pass the total timeout)"
           if e.reach:
-            raise RuntimeError(f"cannot reach judge endpoint {url}: {e}{note}") from None
-          raise RuntimeError(f"judge endpoint {url} {e}{note}") from None
+            raise JudgeError(f"cannot reach judge endpoint {url}: {e}{note}") from None
+          raise JudgeError(f"judge endpoint {url} {e}{note}") from None
         time.sleep(wait)
         attempt += 1
     try:
       data = json.loads(raw)
       content = data["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-      raise RuntimeError(
+      raise JudgeError(
         f"judge endpoint {url} sent a reply without choices[0].message.content: {raw[:300]!r}"
       ) from None
     if not isinstance(content, str):
-      raise RuntimeError(f"judge endpoint {url} sent non-text content: {content!r}"[:400])
+      raise JudgeError(f"judge endpoint {url} sent non-text content: {content!r}"[:400])
     return content
 
   return complete
