@@ -452,11 +452,11 @@ def _strip(row, eos):
 
 
 def _min_tokens(tok, text: str) -> int:
-  """A lower bound on ``len(tok.encode(text))`` (BOS included) for llama2.c tokenizers, else 0.
+  """A lower bound on ``len(tok.encode(text))`` for llama2.c tokenizers, else 0.
 
   Every llama2.c token stands for at most ``max(len(piece))`` bytes of the text (a byte-fallback
-  token for one), and the dummy-prefix space adds a byte, so at least
-  ``ceil((len(utf8) + 1) / longest)`` tokens follow the BOS.
+  token for one), so there are at least ``ceil(len(utf8) / longest)`` tokens (BOS and the
+  dummy-prefix space left out, so the bound holds whatever the encoder does with them).
   """
   pieces = getattr(tok, "pieces", None)
   if not pieces or not isinstance(pieces, list):
@@ -468,7 +468,7 @@ def _min_tokens(tok, text: str) -> int:
       tok._longest_piece = longest
     except AttributeError:
       pass
-  return 1 + -(-(len(text.encode("utf-8")) + 1) // longest)
+  return -(-len(text.encode("utf-8")) // longest)
 
 
 # ------------------------------------------------------------------------------------------------
