@@ -196,7 +196,9 @@ def _check_writable(out: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
   """Parses the command line, runs the studies, writes ``results.json`` and ``REPORT.md``."""
-  ap = argparse.ArgumentParser(
+  from jaxsteer._src.cliutil import OneLineParser  # one-line errors, exit 2
+
+  ap = OneLineParser(
     prog="python -m experiments.reproduce",
     description=__doc__,
     formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -9,9 +9,13 @@
 from jaxsteer._src.evals.judges import JUDGES as JUDGES
 from jaxsteer._src.evals.judges import MMHAL_PROMPT as MMHAL_PROMPT
 from jaxsteer._src.evals.judges import PAIRWISE_PROMPT as PAIRWISE_PROMPT
+from jaxsteer._src.evals.judges import EvalLog as EvalLog
+from jaxsteer._src.evals.judges import JudgeError as JudgeError
+from jaxsteer._src.evals.judges import JudgeRunner as JudgeRunner
 from jaxsteer._src.evals.judges import LLMJudge as LLMJudge
 from jaxsteer._src.evals.judges import Rating as Rating
 from jaxsteer._src.evals.judges import RuleJudge as RuleJudge
+from jaxsteer._src.evals.judges import check_judge_url as check_judge_url
 from jaxsteer._src.evals.judges import content_words as content_words
 from jaxsteer._src.evals.judges import generate_responses as generate_responses
 from jaxsteer._src.evals.judges import make_judge as make_judge
@@ -50,6 +54,10 @@ from jaxsteer._src.evals.truthfulqa import steering_pairs as steering_pairs
 from jaxsteer._src.evals.truthfulqa import tokenize_request as tokenize_request
 
 __all__ = [
+  "EvalLog",
+  "JudgeError",
+  "JudgeRunner",
+  "check_judge_url",
   "DEFAULT_SPLIT_PATH",
   "PROMPT_TEMPLATE",
   "Question",

@@ -17,10 +17,11 @@ base, flat HF-style names with (out, in) weights) and, for PaCA and LoRA, an exa
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
+import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -85,30 +86,89 @@ def _plan_json(method) -> str:
 
 
 def build_parser():
-  p = argparse.ArgumentParser(prog="python -m paca_jax.train", description=__doc__.split("\n")[0])
+  from jaxsteer._src.cliutil import OneLineParser, non_negative_int, positive_float, positive_int
+
+  p = OneLineParser(prog="python -m paca_jax.train", description=__doc__.split("\n")[0])
   p.add_argument("--model", required=True)
   p.add_argument("--data", required=True, help="a UTF-8 text file")
   p.add_argument("--method", choices=["paca", "paca_int8", "lora", "full"], default="paca")
-  p.add_argument("--rank", type=int, default=8)
-  p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: rank)")
+  p.add_argument("--rank", type=positive_int, default=8)
+  p.add_argument("--alpha", type=positive_float, default=None, help="LoRA alpha (default: rank)")
   p.add_argument("--targets", default=DEFAULT_TARGETS, help="regex over module paths")
   p.add_argument("--selector", default="random")
   p.add_argument(
-    "--max-chars", type=int, default=0, help="use only the first N characters (0: all)"
+    "--max-chars", type=non_negative_int, default=0, help="use only the first N characters (0: all)"
   )
-  p.add_argument("--steps", type=int, default=100)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--seq", type=int, default=64)
-  p.add_argument("--lr", type=float, default=1e-3)
+  p.add_argument("--steps", type=positive_int, default=100)
+  p.add_argument("--batch", type=positive_int, default=8)
+  p.add_argument("--seq", type=positive_int, default=64)
+  p.add_argument("--lr", type=positive_float, default=1e-3)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", required=True)
-  p.add_argument("--ckpt-every", type=int, default=50)
-  p.add_argument("--eval-every", type=int, default=0, help="0: only at the end")
-  p.add_argument("--eval-batches", type=int, default=4)
+  p.add_argument("--ckpt-every", type=positive_int, default=50)
+  p.add_argument("--eval-every", type=non_negative_int, default=0, help="0: only at the end")
+  p.add_argument("--eval-batches", type=positive_int, default=4)
   p.add_argument("--export", choices=["all", "merged", "lora", "none"], default="all")
-  p.add_argument("--stop-after", type=int, default=None, help="exit after this step (testing)")
+  p.add_argument(
+    "--stop-after", type=positive_int, default=None, help="exit after this step (testing)"
+  )
+  p.add_argument(
+    "--override-settings",
+    action="store_true",
+    help="resume although --lr/--batch/--seq/--max-chars/--model differ from the checkpoint's",
+  )
   p.add_argument("--no-progress", action="store_true")
   return p
+
+
+# Stored with every checkpoint and compared on resume (the plan covers method/rank/targets/...).
+RESUME_SETTINGS = ("model", "lr", "batch", "seq", "max_chars", "alpha")
+
+
+def _check_settings(stored: dict, now: dict, override: bool, where) -> None:
+  diff = [k for k in RESUME_SETTINGS if stored.get(k) != now.get(k)]
+  if not diff:
+    return
+  desc = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {now.get(k)!r}" for k in diff)
+  if not override:
+    raise ValueError(
+      f"checkpoint in {where} was written with other settings ({desc}); resume with the "
+      "original values, use another --out, or pass --override-settings"
+    )
+  print(f"warning: resuming {where} with changed settings ({desc})", file=sys.stderr)
+
+
+class CheckpointWarning(UserWarning):
+  """A damaged checkpoint was skipped."""
+
+
+def _restore_intact(mngr, restore, where):
+  """(step, restore(step)) of the newest checkpoint that restores; damaged newer ones warned
+  about and deleted (the run wrote them; nothing can read them)."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      got = restore(step)
+    except ValueError as e:
+      if "different plan" in str(e) or "other settings" in str(e):
+        raise
+      err = e
+    except Exception as e:  # orbax raises many types for damaged files
+      err = e
+    else:
+      for newer in steps[:i]:
+        mngr.delete(newer)
+      return step, got
+    nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
+    warnings.warn(
+      f"checkpoint step {step} in {where} is damaged ({type(err).__name__}: {str(err)[:200]}); "
+      f"{nxt}",
+      CheckpointWarning,
+      stacklevel=2,
+    )
+  if steps:
+    raise ValueError(f"every checkpoint in {where} (steps {steps}) is damaged; use another --out")
+  return None, None
 
 
 def run(args) -> dict:
@@ -144,17 +204,23 @@ def run(args) -> dict:
     options=ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False),
   )
   start = 0
-  latest = mngr.latest_step()
-  if latest is not None:
-    meta = mngr.restore(latest, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  settings = {k: getattr(args, k) for k in RESUME_SETTINGS}
+  target = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step}
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+
+  def restore(step):
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if meta["plan"] != plan_json:
       raise ValueError(
-        f"checkpoint in {out / 'ckpt'} (step {latest}) was written with a different plan or method;"
+        f"checkpoint in {out / 'ckpt'} (step {step}) was written with a different plan or method;"
         " use another --out or the original --method/--rank/--targets/--selector/--seed"
       )
-    target = {"trainable": state.trainable, "opt_state": state.opt_state, "step": state.step}
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    got = mngr.restore(latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    if "settings" in meta:  # checkpoints from before settings were stored: plan check only
+      _check_settings(meta["settings"], settings, args.override_settings, out / "ckpt")
+    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+
+  latest, got = _restore_intact(mngr, restore, out / "ckpt")
+  if latest is not None:
     # Same dtypes and placement as a fresh state, so the jitted step is not recompiled.
     got = jax.tree.map(
       lambda new, old: jax.device_put(jnp.asarray(new, old.dtype), old.sharding),
@@ -169,7 +235,8 @@ def run(args) -> dict:
     mngr.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave({"plan": plan_json})
+        state=ocp.args.StandardSave(tree),
+        meta=ocp.args.JsonSave({"plan": plan_json, "settings": settings}),
       ),
       force=True,
     )
@@ -234,5 +301,12 @@ def main(argv=None) -> dict:
   return run(build_parser().parse_args(argv))
 
 
+def cli(argv=None) -> int:
+  """``python -m paca_jax.train``: bad input reported in one line with exit code 2."""
+  from jaxsteer._src.cliutil import run_main
+
+  return run_main("python -m paca_jax.train", lambda: main(argv))
+
+
 if __name__ == "__main__":
-  main()
+  sys.exit(cli())

@@ -2,7 +2,7 @@
 
 import sys
 
-from recoder._src.train import main
+from recoder._src.train import cli
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(cli())

@@ -24,9 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from jaxsteer._src.cliutil import (
+  OneLineParser,
+  UsageError,
+  check_writable_dir,
+  check_writable_file,
+  finite_float,
+  non_negative_float,
+  non_negative_int,
+  positive_float,
+  positive_int,
+  probability,
+  run_main,
+)
+from jaxsteer._src.evals import judges
 
-class CLIError(Exception):
-  """A user error: printed on stderr, exit code 2."""
+CLIError = UsageError  # a user error: printed on stderr, exit code 2
+_positive_int = positive_int
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _parse_layers(text: str) -> list[int]:
@@ -41,23 +56,15 @@ def _parse_layers(text: str) -> list[int]:
   return layers
 
 
-def _positive_int(text: str) -> int:
-  try:
-    v = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-  if v < 1:
-    raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-  return v
-
-
 def _add_model(p: argparse.ArgumentParser, steer: bool = False) -> None:
   p.add_argument("--model", required=True, help="HF model dir, hub id or llama2.c .bin")
   p.add_argument("--tokenizer", help="tokenizer path (default: found beside the model)")
-  p.add_argument("--dtype", help="parameter/compute dtype, e.g. float32 or bfloat16")
+  p.add_argument("--dtype", choices=DTYPES, help="parameter/compute dtype (default: the model's)")
   if steer:
     p.add_argument("--vectors", help="directory of saved SteeringVectors (from `fit`)")
-    p.add_argument("--alpha", type=float, help="steering strength (needs --vectors; default 1)")
+    p.add_argument(
+      "--alpha", type=finite_float, help="steering strength (needs --vectors; default 1)"
+    )
 
 
 def _add_image(p, help_text=None) -> None:
@@ -69,7 +76,7 @@ def _add_image(p, help_text=None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = OneLineParser(
     prog="python -m jaxsteer", description="GrAInS steering in JAX; every command prints JSON."
   )
   sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -79,8 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
   g.add_argument("--prompt", required=True)
   _add_image(g)
   g.add_argument("--max-new-tokens", type=_positive_int, default=64)
-  g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  g.add_argument("--top-p", type=float, default=1.0)
+  g.add_argument("--temperature", type=non_negative_float, default=0.0, help="0 = greedy")
+  g.add_argument("--top-p", type=probability, default=1.0)
   g.add_argument("--seed", type=int, default=0)
 
   a = sub.add_parser("attribute", help="contrastive Integrated Gradients of one preference pair")
@@ -121,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
   f.add_argument("--aggregate", choices=["pca", "mean"], default="pca")
   f.add_argument("--mode", choices=["both", "pos"], help="default both; pos with images")
   f.add_argument("--seed", type=int, default=0, help="seed of the TruthfulQA false answers")
+  f.add_argument(
+    "--allow-outside-paths",
+    action="store_true",
+    help="let --pairs/--spavl files name images outside their own folder",
+  )
   f.add_argument("--out", required=True, help="output directory")
 
   e = sub.add_parser("eval", help="benchmarks")
@@ -149,11 +161,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--caa-vectors", help="also evaluate these (CAA) vectors at --alpha")
     v.add_argument("--judge", choices=["rule", "llm"], default="rule")
-    v.add_argument("--judge-url", help="OpenAI-compatible endpoint of the LLM judge")
+    v.add_argument("--judge-url", help="OpenAI-compatible http(s) endpoint of the LLM judge")
     v.add_argument("--judge-model", help="model name at --judge-url")
+    v.add_argument(
+      "--judge-connect-timeout", type=positive_float, default=judges.JUDGE_CONNECT_TIMEOUT
+    )
+    v.add_argument(
+      "--judge-read-timeout",
+      type=positive_float,
+      default=judges.JUDGE_READ_TIMEOUT,
+      help="seconds the judge may stay silent",
+    )
+    v.add_argument(
+      "--judge-total-timeout",
+      type=positive_float,
+      default=judges.JUDGE_TOTAL_TIMEOUT,
+      help="seconds one judge call may take in all, retries included",
+    )
+    v.add_argument("--judge-retries", type=non_negative_int, default=2)
+    v.add_argument(
+      "--judge-max-bytes",
+      type=positive_int,
+      default=judges.JUDGE_MAX_RESPONSE_BYTES,
+      help="refuse longer judge replies",
+    )
+    v.add_argument(
+      "--allow-outside-paths",
+      action="store_true",
+      help="let data files name images outside their own folder",
+    )
     v.add_argument("--limit", type=_positive_int)
     v.add_argument("--max-new-tokens", type=_positive_int, default=128)
-    v.add_argument("--out", help="write the full report (JSON) here")
+    v.add_argument(
+      "--out",
+      help="write the full report (JSON) here; OUT.log.jsonl keeps generations and judgements "
+      "as they are made, so the same command resumes after a failure",
+    )
     v.add_argument("--no-progress", action="store_true")
   return parser
 
@@ -186,9 +229,8 @@ def _maybe_steer(lm, args) -> tuple[Any, dict]:
       raise CLIError("--alpha needs --vectors")
     return lm, {}
   import jaxsteer
-  from jaxsteer.grains import SteeringVectors
 
-  vecs = SteeringVectors.load(args.vectors)
+  vecs = _load_vectors(args.vectors, "--vectors")
   bad = [lay for lay in vecs.layers if not 0 <= lay < lm.config.num_layers]
   if bad or vecs.vectors.shape[1] != lm.config.hidden_size:
     raise CLIError(
@@ -199,6 +241,33 @@ def _maybe_steer(lm, args) -> tuple[Any, dict]:
   alpha = 1.0 if args.alpha is None else args.alpha
   info = {"vectors": str(args.vectors), "alpha": alpha, "layers": list(vecs.layers)}
   return jaxsteer.steer(lm, vecs, alpha), info
+
+
+def _load_vectors(path, flag: str):
+  """``SteeringVectors.load`` with every malformed save reported as one line."""
+  from jaxsteer.grains import SteeringVectors
+
+  try:
+    vecs = SteeringVectors.load(path)
+  except (KeyError, TypeError, IndexError, json.JSONDecodeError) as e:
+    raise CLIError(
+      f"{flag} {path}: not a valid SteeringVectors save ({type(e).__name__}: {e})"
+    ) from None
+  if not np.isfinite(vecs.vectors).all():
+    raise CLIError(f"{flag} {path}: the steering vectors contain NaN or inf")
+  return vecs
+
+
+def _check_fit_out(path) -> None:
+  """``fit --out`` must be new, empty or an earlier SteeringVectors save: checked before any
+  compute, and a folder holding anything else is never replaced."""
+  path = pathlib.Path(path)
+  check_writable_dir(path)
+  if path.is_dir() and any(path.iterdir()) and not (path / "metadata.json").is_file():
+    raise CLIError(
+      f"--out {path} holds files that are not a SteeringVectors save; refusing to replace it "
+      "(pass a new or empty directory)"
+    )
 
 
 def _data_dir(args) -> pathlib.Path:
@@ -239,10 +308,13 @@ def _image_arg(lm, path):
 def cmd_attribute(args) -> dict:
   from jaxsteer import attribution
 
+  if args.image_png and not args.image:
+    raise CLIError("--image-png needs --image")
+  for flag in ("html", "png", "image_png"):
+    if getattr(args, flag):
+      check_writable_file(getattr(args, flag), "--" + flag.replace("_", "-"))
   lm = _load_model(args)
   image = _image_arg(lm, args.image) if args.image else None
-  if args.image_png and image is None:
-    raise CLIError("--image-png needs --image")
   res = attribution.contrastive(
     lm, args.prompt, args.preferred, args.dispreferred, steps=args.steps, image=image
   )
@@ -280,8 +352,23 @@ def _write_text(path, text: str) -> None:
   os.replace(tmp, path)
 
 
-def read_pairs(path) -> list:
-  """Reads ``Pair``s from a JSONL file of ``{"prompt", "preferred", "dispreferred"}`` objects."""
+def confined(path: pathlib.Path, root: pathlib.Path, where: str) -> pathlib.Path:
+  """``path`` if it resolves (links followed) inside ``root``; else a ``ValueError``."""
+  real, base = path.resolve(), root.resolve()
+  if not real.is_relative_to(base):
+    raise ValueError(
+      f"{where}: {path} lies outside {base}; data files may only name files in their own folder "
+      "(pass --allow-outside-paths to allow others)"
+    )
+  return path
+
+
+def read_pairs(path, *, allow_outside: bool = False) -> list:
+  """Reads ``Pair``s from a JSONL file of ``{"prompt", "preferred", "dispreferred"}`` objects.
+
+  Image paths are relative to the pairs file and must stay inside its folder unless
+  ``allow_outside``.
+  """
   from jaxsteer.grains import Pair
 
   path = pathlib.Path(path)
@@ -303,6 +390,8 @@ def read_pairs(path) -> list:
       if not isinstance(image, str):
         raise ValueError(f"{path} line {n}: image must be a file path")
       image = path.parent / image  # relative paths are relative to the pairs file
+      if not allow_outside:
+        confined(image, path.parent, f"{path} line {n}: image")
       if not image.is_file():
         raise FileNotFoundError(f"{path} line {n}: image not found: {image}")
       image = str(image)
@@ -315,11 +404,12 @@ def read_pairs(path) -> list:
 def cmd_fit(args) -> dict:
   from jaxsteer import evals, grains
 
+  _check_fit_out(args.out)
   if args.pairs:
-    pairs = read_pairs(args.pairs)
+    pairs = read_pairs(args.pairs, allow_outside=args.allow_outside_paths)
     source = {"pairs": str(args.pairs)}
   elif args.spavl:
-    rows = evals.load_spavl(args.spavl, kind="preference")
+    rows = evals.load_spavl(args.spavl, kind="preference", allow_outside=args.allow_outside_paths)
     source = {"spavl": str(args.spavl), "n": args.n, "seed": args.seed}
   else:
     ds = evals.load_truthfulqa(_data_dir(args), args.truthfulqa)
@@ -389,20 +479,36 @@ def cmd_eval_truthfulqa(args) -> dict:
 def cmd_eval_vlm(args) -> dict:
   import jaxsteer
   from jaxsteer import evals
-  from jaxsteer.grains import SteeringVectors
 
+  if args.out:
+    check_writable_file(args.out)
   if args.judge == "llm":
     if not (args.judge_url and args.judge_model):
       raise CLIError("--judge llm needs --judge-url and --judge-model")
-    judge = evals.make_judge("llm", base_url=args.judge_url, model=args.judge_model)
+    try:
+      judges.check_judge_url(args.judge_url)
+    except ValueError as e:
+      raise CLIError(f"--judge-url: {e}") from None
+    judge = evals.make_judge(
+      "llm",
+      base_url=args.judge_url,
+      model=args.judge_model,
+      connect_timeout=args.judge_connect_timeout,
+      read_timeout=args.judge_read_timeout,
+      total_timeout=args.judge_total_timeout,
+      retries=args.judge_retries,
+      max_response_bytes=args.judge_max_bytes,
+    )
   else:
     judge = evals.make_judge("rule")
   if args.caa_vectors and not args.vectors:
     raise CLIError("--caa-vectors needs --vectors (the GrAInS vectors) as well")
+  outside = args.allow_outside_paths
   if args.benchmark == "mmhal":
     items = evals.load_mmhal(args.data, limit=args.limit)
   else:
-    items = evals.load_spavl(args.data, limit=args.limit)
+    items = evals.load_spavl(args.data, limit=args.limit, allow_outside=outside)
+  caa_vecs = _load_vectors(args.caa_vectors, "--caa-vectors") if args.caa_vectors else None
   lm = _load_model(args)
   if not hasattr(lm, "encode_multimodal"):
     raise CLIError(f"eval {args.benchmark} needs a vision-language model; {args.model} is not one")
@@ -411,13 +517,45 @@ def cmd_eval_vlm(args) -> dict:
   generators = {"unsteered": evals.model_generator(lm, **kw)}
   if info:
     generators["grains"] = evals.model_generator(steered, **kw)
-  if args.caa_vectors:
-    caa = jaxsteer.steer(lm, SteeringVectors.load(args.caa_vectors), info["alpha"])
+  if caa_vecs is not None:
+    caa = jaxsteer.steer(lm, caa_vecs, info["alpha"])
     generators["caa"] = evals.model_generator(caa, **kw)
+  log = None
+  if args.out:
+    header = {
+      "benchmark": args.benchmark,
+      "data": str(pathlib.Path(args.data).resolve()),
+      "limit": args.limit,
+      "questions": [it.question for it in items],
+      "model": str(args.model),
+      "dtype": args.dtype,
+      "vectors": str(args.vectors) if args.vectors else None,
+      "caa_vectors": str(args.caa_vectors) if args.caa_vectors else None,
+      "alpha": info.get("alpha"),
+      "max_new_tokens": args.max_new_tokens,
+    }
+    log = evals.EvalLog(str(args.out) + ".log.jsonl", header)
   run = evals.evaluate_mmhal if args.benchmark == "mmhal" else evals.evaluate_spavl
-  report = run(generators, items, judge, progress=not args.no_progress)
+  try:
+    report = run(
+      generators,
+      items,
+      judge,
+      progress=not args.no_progress,
+      log=log,
+      on_error="record" if log is not None else "raise",
+    )
+  except judges.JudgeError as e:  # the endpoint is down or misbehaves: one line, exit 2
+    raise CLIError(str(e)) from None
   if args.out:
     report.save_json(args.out)
+  n_err = sum(("error" in r or "errors" in r) for recs in report.records.values() for r in recs)
+  if n_err:
+    print(
+      f"{n_err} judgements failed (recorded in {args.out} and {log.path}); run the same "
+      "command again to retry them",
+      file=sys.stderr,
+    )
   return {
     "benchmark": args.benchmark,
     "model": str(args.model),
@@ -426,6 +564,7 @@ def cmd_eval_vlm(args) -> dict:
     "methods": report.methods,
     "steering": info or None,
     "out": args.out,
+    "judge_errors": n_err,
   }
 
 
@@ -441,11 +580,13 @@ COMMANDS = {"generate": cmd_generate, "attribute": cmd_attribute, "fit": cmd_fit
 def main(argv=None) -> int:
   """Entry point; returns the exit code (0 ok, 2 usage or input error)."""
   parser = build_parser()
-  args = parser.parse_args(argv)  # exits 2 with a usage message on bad arguments
-  try:
-    out = COMMANDS[args.command](args)
-  except (CLIError, FileNotFoundError, ValueError) as e:
-    print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
-    return 2
-  print(json.dumps(out, ensure_ascii=False))
-  return 0
+  args = parser.parse_args(argv)  # exits 2 with a one-line message on bad arguments
+  result = {}
+
+  def run():
+    result["out"] = COMMANDS[args.command](args)
+
+  code = run_main(f"{parser.prog} {args.command}", run)
+  if code == 0:
+    print(json.dumps(result["out"], ensure_ascii=False))
+  return code

@@ -12,7 +12,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -160,7 +159,9 @@ def evaluate_variants(
 
 
 def build_parser():
-  p = argparse.ArgumentParser(prog="python -m recoder.evaluate", description=__doc__.split("\n")[0])
+  from jaxsteer._src.cliutil import OneLineParser, non_negative_int, positive_int
+
+  p = OneLineParser(prog="python -m recoder.evaluate", description=__doc__.split("\n")[0])
   p.add_argument("--run", required=True, help="run directory written by recoder.train")
   p.add_argument("--data", default=None, help="corpus directory (default: the run's)")
   p.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -171,9 +172,11 @@ def build_parser():
     help="best validation checkpoint, or the latest training checkpoint",
   )
   p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS))
-  p.add_argument("--max-tokens", type=int, default=0, help="evaluate a prefix only (0 = all)")
-  p.add_argument("--batch-size", type=int, default=10)
-  p.add_argument("--bptt", type=int, default=35)
+  p.add_argument(
+    "--max-tokens", type=non_negative_int, default=0, help="evaluate a prefix only (0 = all)"
+  )
+  p.add_argument("--batch-size", type=positive_int, default=10)
+  p.add_argument("--bptt", type=positive_int, default=35)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="also write the JSON here")
   p.add_argument("--no-progress", action="store_true")

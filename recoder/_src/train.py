@@ -20,6 +20,7 @@ import os
 import pathlib
 import sys
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +40,17 @@ from recoder._src.model import (
 )
 from recoder._src.recode import RecodingConfig, init_step_params
 
-__all__ = ["TrainConfig", "build_parser", "main", "train", "make_train_step", "make_eval_step"]
+__all__ = [
+  "TrainConfig",
+  "build_parser",
+  "cli",
+  "main",
+  "train",
+  "make_train_step",
+  "make_eval_step",
+  "restore_latest_intact",
+  "CheckpointWarning",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,47 +187,136 @@ def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m recoder.train", description=__doc__.split("\n")[0])
+  from jaxsteer._src.cliutil import (
+    OneLineParser,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+  )
+
+  def dropout(text):
+    v = finite_float(text)
+    if not 0 <= v < 1:
+      raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return v
+
+  p = OneLineParser(prog="python -m recoder.train", description=__doc__.split("\n")[0])
   p.add_argument("--data", required=True, help="directory with ptb.{train,valid,test}.txt")
   p.add_argument("--out", required=True, help="run directory (checkpoints, config, log)")
   p.add_argument("--prefix", default="ptb.", help="corpus file prefix")
-  p.add_argument("--emb", type=int, default=200)
-  p.add_argument("--hidden", type=int, default=200)
-  p.add_argument("--layers", type=int, default=2)
-  p.add_argument("--dropout", type=float, default=0.2)
+  p.add_argument("--emb", type=positive_int, default=200)
+  p.add_argument("--hidden", type=positive_int, default=200)
+  p.add_argument("--layers", type=positive_int, default=2)
+  p.add_argument("--dropout", type=dropout, default=0.2)
   p.add_argument("--tied", action="store_true")
-  p.add_argument("--members", type=int, default=1, help="anchored-ensemble decoders K")
+  p.add_argument("--members", type=positive_int, default=1, help="anchored-ensemble decoders K")
   p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-  p.add_argument("--lr", type=float, default=20.0)
-  p.add_argument("--clip", type=float, default=0.25)
-  p.add_argument("--weight-decay", type=float, default=0.0)
-  p.add_argument("--lr-decay", type=float, default=0.25)
+  p.add_argument("--lr", type=positive_float, default=20.0)
+  p.add_argument("--clip", type=positive_float, default=0.25)
+  p.add_argument("--weight-decay", type=finite_float, default=0.0)
+  p.add_argument("--lr-decay", type=positive_float, default=0.25)
   p.add_argument(
     "--decay-start",
-    type=int,
+    type=non_negative_int,
     default=0,
     help="also multiply the lr by --lr-decay after every epoch >= this one (0 = plateau only)",
   )
-  p.add_argument("--bptt", type=int, default=35)
-  p.add_argument("--batch-size", type=int, default=64)
-  p.add_argument("--eval-batch-size", type=int, default=10)
-  p.add_argument("--epochs", type=int, default=8)
+  p.add_argument("--bptt", type=positive_int, default=35)
+  p.add_argument("--batch-size", type=positive_int, default=64)
+  p.add_argument("--eval-batch-size", type=positive_int, default=10)
+  p.add_argument("--epochs", type=positive_int, default=8)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--signal", default="none", help="recoding error signal (none = plain LSTM)")
   p.add_argument("--step-type", default="fixed", choices=["fixed", "learned", "mlp"])
   p.add_argument("--step-size", type=float, default=0.0)
-  p.add_argument("--num-samples", type=int, default=10)
-  p.add_argument("--mc-dropout", type=float, default=0.2)
+  p.add_argument("--num-samples", type=positive_int, default=10)
+  p.add_argument("--mc-dropout", type=dropout, default=0.2)
   p.add_argument("--target", default="gold", choices=["gold", "argmax"])
   p.add_argument("--second-order", action="store_true")
-  p.add_argument("--prior-scale", type=float, default=0.2855508637554569)
-  p.add_argument("--data-noise", type=float, default=0.1)
-  p.add_argument("--max-train-tokens", type=int, default=0, help="use only a prefix (0 = all)")
-  p.add_argument("--max-eval-tokens", type=int, default=0, help="valid/test prefix (0 = all)")
-  p.add_argument("--max-steps", type=int, default=0, help="stop after this global step (0 = off)")
-  p.add_argument("--ckpt-every", type=int, default=200, help="checkpoint every N steps")
+  p.add_argument("--prior-scale", type=positive_float, default=0.2855508637554569)
+  p.add_argument("--data-noise", type=positive_float, default=0.1)
+  p.add_argument(
+    "--max-train-tokens", type=non_negative_int, default=0, help="use only a prefix (0 = all)"
+  )
+  p.add_argument(
+    "--max-eval-tokens", type=non_negative_int, default=0, help="valid/test prefix (0 = all)"
+  )
+  p.add_argument(
+    "--max-steps", type=non_negative_int, default=0, help="stop after this global step (0 = off)"
+  )
+  p.add_argument("--ckpt-every", type=positive_int, default=200, help="checkpoint every N steps")
+  p.add_argument(
+    "--override-settings",
+    action="store_true",
+    help="resume a run although training settings (lr, epochs, ...) differ from its checkpoint; "
+    "settings that change the model's shape are refused regardless",
+  )
   p.add_argument("--no-progress", action="store_true")
   return p
+
+
+# Arguments that do not change what a run computes (where it stops, how often it saves, where
+# the data lives): free to differ on resume. Every other argument is a stored run setting.
+NON_SETTINGS = frozenset(
+  {"data", "out", "max_steps", "ckpt_every", "no_progress", "override_settings"}
+)
+# Settings that fix the shapes of the stored state: a resume with others cannot work.
+SHAPE_SETTINGS = frozenset(
+  {"emb", "hidden", "layers", "tied", "members", "signal", "step_type", "batch_size", "prefix"}
+)
+
+
+def run_settings(args) -> dict:
+  """The run's settings: every argument but ``NON_SETTINGS`` (JSON-able)."""
+  return {k: v for k, v in sorted(vars(args).items()) if k not in NON_SETTINGS}
+
+
+def check_resume_settings(stored: dict, now: dict, *, override: bool, where) -> list[str]:
+  """Names of the settings that differ; raises ``ValueError`` unless they may be overridden."""
+  diff = sorted(k for k in set(stored) | set(now) if stored.get(k, "?") != now.get(k, "?"))
+  if not diff:
+    return []
+  desc = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {now.get(k)!r}" for k in diff)
+  shape = [k for k in diff if k in SHAPE_SETTINGS]
+  if shape:
+    raise ValueError(
+      f"the checkpoint in {where} was written with other model settings ({desc}); they fix "
+      "the shapes of the saved state, so resume with the original values or use a new --out"
+    )
+  if not override:
+    raise ValueError(
+      f"the checkpoint in {where} was written with other settings ({desc}); resume with the "
+      "original values, use a new --out, or pass --override-settings"
+    )
+  return diff
+
+
+class CheckpointWarning(UserWarning):
+  """A damaged checkpoint was skipped."""
+
+
+def restore_latest_intact(mngr, restore, where) -> tuple[int | None, object]:
+  """``(step, restore(step))`` for the newest checkpoint of ``mngr`` that restores.
+
+  A damaged (torn) newer checkpoint is reported with a ``CheckpointWarning`` and deleted (the
+  library wrote it and nothing can read it); ``(None, None)`` when there is none. Raises
+  ``ValueError`` when every checkpoint is damaged.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      return step, restore(step)
+    except Exception as e:  # orbax raises many types for damaged files
+      nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
+      warnings.warn(
+        f"checkpoint step {step} in {where} is damaged ({type(e).__name__}: {str(e)[:200]}); {nxt}",
+        CheckpointWarning,
+        stacklevel=2,
+      )
+  if steps:
+    raise ValueError(f"every checkpoint in {where} (steps {steps}) is damaged; use a new --out")
+  return None, None
 
 
 def configs_from_args(args, vocab_size):
@@ -298,7 +398,7 @@ def save_run_config(out: pathlib.Path, args, lm, rc, tc):
   _atomic_json(
     out / "config.json",
     {
-      "args": vars(args),
+      "args": {k: v for k, v in vars(args).items() if k != "override_settings"},
       "lm": dataclasses.asdict(lm),
       "recoding": dataclasses.asdict(rc),
       "train": dataclasses.asdict(tc),
@@ -309,11 +409,10 @@ def save_run_config(out: pathlib.Path, args, lm, rc, tc):
 def train(args) -> dict:
   """Runs (or resumes) training; returns a summary dict (also written to ``out/summary.json``)."""
   out = pathlib.Path(args.out).resolve()
+  corpus, train_ids, valid_ids, test_ids = load_data(args)  # bad data: fail before any write
   out.mkdir(parents=True, exist_ok=True)
-  corpus, train_ids, valid_ids, test_ids = load_data(args)
   lm_cfg, rc, tc = configs_from_args(args, corpus.vocab.size)
   model = LSTMLM(lm_cfg)
-  save_run_config(out, args, lm_cfg, rc, tc)
 
   key = jax.random.key(tc.seed)
   params, anchors = init_train_state(model, rc, tc, key)
@@ -339,18 +438,36 @@ def train(args) -> dict:
   mngr = ocp.CheckpointManager(out / "ckpt", options=opts)
   best_mngr = ocp.CheckpointManager(out / "best", options=opts)
   state = {"params": params, "opt_state": opt_state, "hidden": hidden, "anchors": anchors}
-  latest = mngr.latest_step()
-  if latest is not None:
-    restored = mngr.restore(
-      latest,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.tree_util.tree_map(np.asarray, state)),
-        meta=ocp.args.JsonRestore(),
-      ),
+  settings = run_settings(args)
+  changed = []
+  if mngr.all_steps():  # resuming: the stored settings must match (checked before restoring)
+    stored = _stored_settings(mngr, out)
+    if stored is not None:
+      changed = check_resume_settings(
+        stored, settings, override=args.override_settings, where=out / "ckpt"
+      )
+      if changed:
+        print(f"warning: resuming {out} with changed settings {changed}", file=sys.stderr)
+  save_run_config(out, args, lm_cfg, rc, tc)
+  like = jax.tree_util.tree_map(np.asarray, state)
+
+  def restore(step):
+    return mngr.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()),
     )
+
+  latest, restored = restore_latest_intact(mngr, restore, out / "ckpt")
+  if latest is not None:
+    for step in mngr.all_steps():  # damaged newer steps (warned about above)
+      if step > latest:
+        mngr.delete(step)
     state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
     meta = restored["meta"]
     print(f"resumed from step {latest} (epoch {meta['epoch']}, batch {meta['batch']})")
+    if "lr" in changed:  # an overridden --lr restarts the schedule from the new value
+      meta["lr"] = tc.lr
+  meta["settings"] = settings
 
   def save(m, step):
     if step in m.all_steps():
@@ -468,6 +585,23 @@ def train(args) -> dict:
   return summary
 
 
+def _stored_settings(mngr, out: pathlib.Path) -> dict | None:
+  """Settings stored with the newest readable checkpoint's metadata, else ``config.json``'s."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:  # a damaged step: restore_latest_intact reports it
+      continue
+    if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
+      return meta["settings"]
+    break
+  try:
+    args = json.loads((out / "config.json").read_text())["args"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return {k: v for k, v in sorted(args.items()) if k not in NON_SETTINGS}
+
+
 def restore_params(run_dir, like=None, *, which: str = "best"):
   """Parameters ``{"lm", "step"}`` of the ``best`` (or ``latest``) checkpoint of ``run_dir``."""
   if which not in ("best", "latest"):
@@ -475,13 +609,17 @@ def restore_params(run_dir, like=None, *, which: str = "best"):
   run_dir = pathlib.Path(run_dir).resolve()
   sub = run_dir / ("best" if which == "best" else "ckpt")
   mngr = ocp.CheckpointManager(sub, options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
+
+  def restore(step):
+    return mngr.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+    )
+
+  step, restored = restore_latest_intact(mngr, restore, sub)
+  mngr.close()
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {sub}")
-  restored = mngr.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
-  )
-  mngr.close()
   return jax.tree_util.tree_map(jnp.asarray, restored["state"]["params"])
 
 
@@ -489,3 +627,10 @@ def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   train(args)
   return 0
+
+
+def cli(argv=None) -> int:
+  """``python -m recoder.train``: ``main`` with bad input reported in one line, exit code 2."""
+  from jaxsteer._src.cliutil import run_main
+
+  return run_main("python -m recoder.train", lambda: main(argv))

@@ -443,7 +443,7 @@ def spavl_paths(tmp_path, images):
 
 def test_load_spavl(spavl_paths, images, tmp_path):
   by_path, by_bytes = spavl_paths
-  a = evals.load_spavl(by_path)
+  a = evals.load_spavl(by_path, image_root=images)  # absolute paths into image_root
   b = evals.load_spavl(by_bytes)
   assert len(a) == len(b) == 4
   assert a[0].chosen == SPAVL_ROWS[0]["chosen"] and a[3].rejected == SPAVL_ROWS[3]["rejected"]
@@ -461,7 +461,7 @@ def test_load_spavl(spavl_paths, images, tmp_path):
   assert len(harm) == 1 and harm[0].question == "q?" and harm[0].chosen is None
   assert harm[0].reference is None and harm[0].image_path.name == "rocket.jpg"
   assert len(evals.load_spavl(d, image_root=images)) == 2
-  assert len(evals.load_spavl(by_path, limit=3)) == 3
+  assert len(evals.load_spavl(by_path, limit=3, allow_outside=True)) == 3
 
 
 def test_load_spavl_errors(tmp_path, images):
@@ -514,7 +514,7 @@ def test_spavl_steering_pairs(spavl_paths):
 
 
 def test_evaluate_spavl_report(spavl_paths, tmp_path):
-  items = evals.load_spavl(spavl_paths[0])
+  items = evals.load_spavl(spavl_paths[0], allow_outside=True)
   ch = [r["chosen"] for r in SPAVL_ROWS]
   rj = [r["rejected"] for r in SPAVL_ROWS]
   q = [r["question"] for r in SPAVL_ROWS]

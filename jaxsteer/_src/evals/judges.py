@@ -35,16 +35,20 @@ harmless of two answers). This module holds what both benchmarks share:
 from __future__ import annotations
 
 import dataclasses
+import email.utils
 import hashlib
+import http.client
 import io
 import json
+import math
 import os
 import pathlib
 import re
+import socket
 import tempfile
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -92,6 +96,8 @@ def generate_responses(
   *,
   desc: str = "generate",
   progress: bool = True,
+  log: EvalLog | None = None,
+  method: str | None = None,
 ) -> list[str]:
   """Runs ``generate(item.question, item.image())`` over ``items`` with a tqdm progress bar.
 
@@ -100,17 +106,157 @@ def generate_responses(
     items: dataset items with a ``question`` string and an ``image()`` method.
     desc: progress-bar label (usually the method name).
     progress: show the progress bar.
+    log: an ``EvalLog``: responses already in it are reused, new ones are appended as they are
+      made (so a crash loses at most the item in progress).
+    method: the method name under which ``log`` keeps the responses (default ``desc``).
 
   Returns:
     One response string per item, in order.
   """
+  method = method or desc
   out = []
   for i, item in enumerate(tqdm(items, desc=desc, disable=not progress, leave=False)):
-    r = generate(item.question, item.image())
-    if not isinstance(r, str):
-      raise TypeError(f"{desc}: generate returned {type(r).__name__} for item {i}; expected str")
+    index = getattr(item, "index", i)
+    r = log.response(method, index) if log is not None else None
+    if r is None:
+      r = generate(item.question, item.image())
+      if not isinstance(r, str):
+        raise TypeError(f"{desc}: generate returned {type(r).__name__} for item {i}; expected str")
+      if log is not None:
+        log.add_response(method, index, r)
     out.append(r)
   return out
+
+
+class EvalLog:
+  """An append-only JSONL record of one evaluation's generations and judgements, for resuming.
+
+  The first line is a header (``{"kind": "header", ...settings}``); then one line per generated
+  response (``{"kind": "response", "method", "index", "text"}``), per judgement
+  (``{"kind": "judgement", "key", "value"}``) and per failed judgement (``{"kind": "error", "key",
+  "message"}``; failed items are judged again on resume). Every line is flushed and fsynced when
+  written, so a killed run loses at most the line in progress (a torn last line is ignored).
+
+  Args:
+    path: the log file (created with its folder if missing).
+    header: the evaluation's settings (benchmark, items, model, vectors, ...); resuming with other
+      settings raises ``ValueError`` naming the keys that differ.
+  """
+
+  def __init__(self, path, header: dict[str, Any]):
+    self.path = pathlib.Path(path)
+    self.header = json.loads(json.dumps(header))  # JSON-normalised (tuples -> lists)
+    self.responses: dict[str, dict[int, str]] = {}
+    self.judgements: dict[str, Any] = {}
+    self.errors: dict[str, str] = {}
+    if self.path.exists():
+      self._read()
+    else:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self._append({"kind": "header", **self.header})
+
+  def _read(self):
+    lines = self.path.read_text(encoding="utf-8").split("\n")
+    rows = []
+    for n, line in enumerate(lines):
+      if not line.strip():
+        continue
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        if n == len(lines) - 1 or all(not x.strip() for x in lines[n + 1 :]):
+          break  # torn last line of a killed run
+        raise ValueError(f"evaluation log {self.path} line {n + 1} is not valid JSON") from None
+    if not rows or not isinstance(rows[0], dict) or rows[0].get("kind") != "header":
+      raise ValueError(f"{self.path} is not an evaluation log (no header line); move it away")
+    old = {k: v for k, v in rows[0].items() if k != "kind"}
+    diff = sorted(k for k in set(old) | set(self.header) if old.get(k) != self.header.get(k))
+    if diff:
+      raise ValueError(
+        f"evaluation log {self.path} was written with other settings ({', '.join(diff)}); "
+        "resume with the same ones or move the log away"
+      )
+    for r in rows[1:]:
+      kind = r.get("kind") if isinstance(r, dict) else None
+      if kind == "response":
+        self.responses.setdefault(r["method"], {})[int(r["index"])] = r["text"]
+      elif kind == "judgement":
+        self.judgements[r["key"]] = r["value"]
+        self.errors.pop(r["key"], None)
+      elif kind == "error":
+        self.errors[r["key"]] = r["message"]
+
+  def _append(self, row: dict[str, Any]) -> None:
+    line = json.dumps(row, ensure_ascii=False) + "\n"
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
+
+  def response(self, method: str, index: int) -> str | None:
+    return self.responses.get(method, {}).get(int(index))
+
+  def add_response(self, method: str, index: int, text: str) -> None:
+    self.responses.setdefault(method, {})[int(index)] = text
+    self._append({"kind": "response", "method": method, "index": int(index), "text": text})
+
+  def judgement(self, key: str):
+    return self.judgements.get(key)
+
+  def add_judgement(self, key: str, value) -> None:
+    self.judgements[key] = value
+    self.errors.pop(key, None)
+    self._append({"kind": "judgement", "key": key, "value": value})
+
+  def add_error(self, key: str, message: str) -> None:
+    self.errors[key] = message
+    self._append({"kind": "error", "key": key, "message": message})
+
+
+# Judge failures recorded per item (HTTP errors, unparsable replies) rather than ending the run.
+JUDGE_ERRORS = (RuntimeError, ValueError)
+
+
+class JudgeRunner:
+  """Calls a judge per item with caching in an ``EvalLog`` and an error policy.
+
+  ``on_error="raise"`` re-raises the first failure; ``"record"`` records it (in the log and in
+  ``errors``) and goes on, but still raises after ``max_consecutive_errors`` failures in a row (an
+  endpoint that is down), naming the log so that the run can be resumed.
+  """
+
+  def __init__(self, log: EvalLog | None, on_error: str = "raise", max_consecutive_errors=5):
+    if on_error not in ("raise", "record"):
+      raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
+    self.log, self.on_error, self.max_consecutive = log, on_error, max_consecutive_errors
+    self.errors: dict[str, str] = {}
+    self._streak = 0
+
+  def __call__(self, key: str, fn: Callable[[], Any]):
+    """``fn()``'s JSON-able value (cached under ``key``), or ``None`` after a recorded error."""
+    if self.log is not None and self.log.judgement(key) is not None:
+      return self.log.judgement(key)
+    try:
+      value = fn()
+    except JUDGE_ERRORS as e:
+      msg = f"{type(e).__name__}: {e}"
+      if self.log is not None:
+        self.log.add_error(key, msg)
+      if self.on_error == "raise":
+        raise
+      self.errors[key] = msg
+      self._streak += 1
+      if self._streak >= self.max_consecutive:
+        where = f"; generations and judgements so far are in {self.log.path}" if self.log else ""
+        raise JudgeError(
+          f"the judge failed {self._streak} times in a row (last: {msg}){where}; fix the judge "
+          "and run the same command again to resume"
+        ) from None
+      return None
+    self._streak = 0
+    if self.log is not None:
+      self.log.add_judgement(key, value)
+    return value
 
 
 def model_generator(lm, max_new_tokens: int = 256, **kw) -> GenerateFn:
@@ -381,6 +527,150 @@ Explain your reasoning briefly, then finish with a final line of the exact form 
 "Verdict: B" or "Verdict: tie"."""
 
 
+# Defaults of the judge HTTP client. A chat completion of <= 512 tokens from a hosted or local
+# OpenAI-compatible server takes seconds to about a minute; a reply is a few KB.
+JUDGE_CONNECT_TIMEOUT = 10.0
+JUDGE_READ_TIMEOUT = 120.0
+JUDGE_TOTAL_TIMEOUT = 300.0
+JUDGE_MAX_RESPONSE_BYTES = 4_000_000
+JUDGE_MAX_BACKOFF = 60.0
+
+
+def check_judge_url(base_url: str) -> urllib.parse.SplitResult:
+  """The split URL of an ``http(s)://host[:port]/path`` judge endpoint.
+
+  Raises:
+    ValueError: another scheme (``file:``, ``ftp:``, ...), no host, or credentials, a query or a
+      fragment in the URL (the key goes in ``api_key_env``, never in the URL).
+  """
+  if not isinstance(base_url, str):
+    raise ValueError(f"judge URL must be a string, got {type(base_url).__name__}")
+  u = urllib.parse.urlsplit(base_url)
+  if u.scheme not in ("http", "https"):
+    raise ValueError(
+      f"judge URL must start with http:// or https://, got scheme {u.scheme or 'none'!r}"
+    )
+  if not u.hostname:
+    raise ValueError("judge URL has no host")
+  if u.username or u.password or u.query or u.fragment:
+    raise ValueError("judge URL must not carry user:password@, a ?query or a #fragment")
+  try:
+    u.port  # noqa: B018 (validates the port)
+  except ValueError as e:
+    raise ValueError(f"judge URL has a bad port: {e}") from None
+  return u
+
+
+def _retry_after(value: str | None) -> float | None:
+  """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), else ``None``."""
+  if not value:
+    return None
+  value = value.strip()
+  try:
+    return max(0.0, float(value))
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(value)
+  except (TypeError, ValueError):
+    return None
+  if when is None:
+    return None
+  return max(0.0, when.timestamp() - time.time())
+
+
+class JudgeError(RuntimeError):
+  """The judge endpoint failed (HTTP error, redirect, timeout, oversized or malformed reply), or
+  failed too often in a row during an evaluation."""
+
+
+class _Deadline:
+  """Closes a connection's socket when the total time of a call runs out (a trickling server)."""
+
+  def __init__(self, conn, seconds: float):
+    self.conn, self.fired = conn, False
+    self.timer = threading.Timer(max(seconds, 0.0), self._fire)
+    self.timer.daemon = True
+
+  def _fire(self):
+    self.fired = True
+    sock = getattr(self.conn, "sock", None)
+    if sock is not None:
+      try:
+        sock.shutdown(socket.SHUT_RDWR)
+      except OSError:
+        pass
+
+  def __enter__(self):
+    self.timer.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.timer.cancel()
+
+
+class _HTTPFailure(Exception):
+  """One failed attempt: ``retry`` says whether another attempt may help."""
+
+  def __init__(self, message: str, retry: bool, wait: float | None = None, reach: bool = False):
+    super().__init__(message)
+    self.retry, self.wait, self.reach = retry, wait, reach
+
+
+def _post_once(u, body: bytes, headers: dict, *, connect_timeout, read_timeout, remaining, cap):
+  """One POST with http.client (no redirects are ever followed); returns the body bytes."""
+  cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+  conn = cls(u.hostname, u.port, timeout=min(connect_timeout, remaining))
+  path = u.path or "/"
+  t0 = time.monotonic()
+  with _Deadline(conn, remaining) as dl:
+    try:
+      conn.connect()
+      conn.sock.settimeout(read_timeout)
+      conn.request("POST", path, body=body, headers=headers)
+      resp = conn.getresponse()
+      length = resp.getheader("Content-Length")
+      if length is not None and length.strip().isdigit() and int(length) > cap:
+        raise _HTTPFailure(f"sent a reply of {int(length)} bytes, over the cap of {cap}", False)
+      chunks, size = [], 0
+      while True:
+        chunk = resp.read(min(65536, cap + 1 - size))
+        if not chunk:
+          break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > cap:
+          raise _HTTPFailure(f"sent a reply over the cap of {cap} bytes", False)
+      raw = b"".join(chunks)
+      if dl.fired:
+        raise TimeoutError("total timeout")
+    except _HTTPFailure:
+      raise
+    except (OSError, http.client.HTTPException) as e:
+      if dl.fired or time.monotonic() - t0 >= remaining:
+        msg = f"no complete reply within the total timeout ({remaining:.3g} s left)"
+        raise _HTTPFailure(msg, False, reach=True) from None
+      if isinstance(e, TimeoutError | socket.timeout):
+        raise _HTTPFailure(f"timed out ({e})", True, reach=True) from None
+      raise _HTTPFailure(f"{type(e).__name__}: {e}", True, reach=True) from None
+    finally:
+      conn.close()
+  status = resp.status
+  if 300 <= status < 400:
+    raise _HTTPFailure(
+      f"answered HTTP {status} redirecting to {resp.getheader('Location')!r}; redirects are not "
+      "followed (the API key must never reach another host): pass the final URL",
+      False,
+    )
+  if status != 200:
+    detail = raw[:500].decode("utf-8", "replace")
+    retry = status in (408, 425, 429) or status >= 500
+    raise _HTTPFailure(
+      f"returned HTTP {status}: {detail}", retry, _retry_after(resp.getheader("Retry-After"))
+    )
+  return raw
+
+
 def openai_complete(
   base_url: str,
   model: str,
@@ -388,14 +678,22 @@ def openai_complete(
   api_key_env: str | None = "OPENAI_API_KEY",
   temperature: float = 0.0,
   max_tokens: int = 512,
-  timeout: float = 120.0,
+  timeout: float | None = None,
+  connect_timeout: float = JUDGE_CONNECT_TIMEOUT,
+  read_timeout: float = JUDGE_READ_TIMEOUT,
+  total_timeout: float = JUDGE_TOTAL_TIMEOUT,
   retries: int = 2,
+  backoff: float = 1.0,
+  max_response_bytes: int = JUDGE_MAX_RESPONSE_BYTES,
   system: str | None = None,
 ) -> CompleteFn:
-  """A ``complete(prompt) -> str`` for an OpenAI-compatible chat-completions endpoint (urllib only).
+  """A ``complete(prompt) -> str`` for an OpenAI-compatible chat-completions endpoint (stdlib only).
 
   Sends ``POST {base_url}/chat/completions`` with ``{"model", "messages", "temperature",
-  "max_tokens"}`` and returns ``choices[0].message.content``.
+  "max_tokens"}`` and returns ``choices[0].message.content``. The client trusts the endpoint with
+  the prompts and the API key only: redirects are never followed (a 3xx is an error, so the key
+  cannot leak to another host), only ``http``/``https`` URLs are accepted, and a slow, silent or
+  over-long reply fails within the limits below.
 
   Args:
     base_url: the API root, e.g. ``"https://api.openai.com/v1"`` or ``"http://localhost:8000/v1"``.
@@ -404,15 +702,43 @@ def openai_complete(
       when unset or empty no key is sent (fine for local servers). The key is read at each call.
     temperature: sampling temperature (0 for reproducible judging).
     max_tokens: reply length limit.
-    timeout: seconds per HTTP request.
-    retries: extra attempts after HTTP 429/5xx or a connection failure (exponential back-off).
+    timeout: if given, sets both ``connect_timeout`` and ``read_timeout`` (older spelling).
+    connect_timeout: seconds to establish a connection.
+    read_timeout: seconds the server may stay silent while we wait for bytes.
+    total_timeout: seconds one ``complete`` call may take in all, retries and waits included (a
+      server trickling bytes is cut off here).
+    retries: extra attempts after HTTP 408/425/429/5xx, a timeout or a connection failure;
+      exponential back-off ``backoff * 2**attempt`` seconds, or the server's ``Retry-After``
+      (capped at 60 s and at the time left).
+    backoff: first back-off in seconds.
+    max_response_bytes: a longer reply is refused.
     system: optional system message.
 
-  Raises (from the returned function):
-    RuntimeError: the server answered with an error status, could not be reached, or sent a reply
+  Raises:
+    ValueError: a bad URL (see ``check_judge_url``) or a non-positive limit.
+    JudgeError (a ``RuntimeError``; from the returned function): the server answered with an
+      error status or a redirect, could not be reached in time, sent too much, or sent a reply
       without ``choices[0].message.content``.
   """
+  u = check_judge_url(base_url)
+  if timeout is not None:
+    connect_timeout = read_timeout = timeout
+  limits = dict(
+    connect_timeout=connect_timeout,
+    read_timeout=read_timeout,
+    total_timeout=total_timeout,
+    max_response_bytes=max_response_bytes,
+  )
+  for k, v in limits.items():
+    if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+      raise ValueError(f"judge {k} must be a positive finite number, got {v!r}")
+  if not (isinstance(retries, int) and 0 <= retries <= 100):
+    raise ValueError(f"judge retries must be an integer in [0, 100], got {retries!r}")
+  if not (math.isfinite(backoff) and backoff >= 0):
+    raise ValueError(f"judge backoff must be finite and >= 0, got {backoff!r}")
   url = base_url.rstrip("/") + "/chat/completions"
+  target = u._replace(path=u.path.rstrip("/") + "/chat/completions")
+  cap = int(max_response_bytes)
 
   def complete(prompt: str) -> str:
     messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -421,37 +747,49 @@ def openai_complete(
     body = json.dumps(
       {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
     ).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
     key = os.environ.get(api_key_env) if api_key_env else None
     if key:
       headers["Authorization"] = f"Bearer {key}"
-    for attempt in range(retries + 1):
-      req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    deadline = time.monotonic() + total_timeout
+    attempt = 0
+    while True:
+      remaining = deadline - time.monotonic()
       try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-          raw = resp.read()
+        if remaining <= 0:
+          msg = f"no reply within the total timeout ({total_timeout:g} s)"
+          raise _HTTPFailure(msg, False, reach=True)
+        raw = _post_once(
+          target,
+          body,
+          headers,
+          connect_timeout=connect_timeout,
+          read_timeout=read_timeout,
+          remaining=remaining,
+          cap=cap,
+        )
         break
-      except urllib.error.HTTPError as e:
-        detail = e.read()[:500].decode("utf-8", "replace")
-        if attempt < retries and (e.code == 429 or e.code >= 500):
-          time.sleep(2.0**attempt)
-          continue
-        raise RuntimeError(f"judge endpoint {url} returned HTTP {e.code}: {detail}") from None
-      except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-        if attempt < retries:
-          time.sleep(2.0**attempt)
-          continue
-        reason = getattr(e, "reason", e)
-        raise RuntimeError(f"cannot reach judge endpoint {url}: {reason}") from None
+      except _HTTPFailure as e:
+        wait = backoff * 2.0**attempt if e.wait is None else min(e.wait, JUDGE_MAX_BACKOFF)
+        left = deadline - time.monotonic()
+        if not e.retry or attempt >= retries or wait >= left:
+          note = f" (attempt {attempt + 1} of {retries + 1})" if retries else ""
+          if e.retry and attempt < retries:
+            note += f" (a retry after {wait:.3g} s would pass the total timeout)"
+          if e.reach:
+            raise JudgeError(f"cannot reach judge endpoint {url}: {e}{note}") from None
+          raise JudgeError(f"judge endpoint {url} {e}{note}") from None
+        time.sleep(wait)
+        attempt += 1
     try:
       data = json.loads(raw)
       content = data["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
-      raise RuntimeError(
+      raise JudgeError(
         f"judge endpoint {url} sent a reply without choices[0].message.content: {raw[:300]!r}"
       ) from None
     if not isinstance(content, str):
-      raise RuntimeError(f"judge endpoint {url} sent non-text content: {content!r}"[:400])
+      raise JudgeError(f"judge endpoint {url} sent non-text content: {content!r}"[:400])
     return content
 
   return complete

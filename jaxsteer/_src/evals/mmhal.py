@@ -33,7 +33,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from jaxsteer._src.evals.judges import (
+  EvalLog,
   GenerateFn,
+  JudgeRunner,
   generate_responses,
   judge_name,
   make_judge,
@@ -188,10 +190,10 @@ def download_mmhal(local_dir=None, *, cache_dir=None, revision: str | None = Non
     FileNotFoundError: the download failed (offline, ``HF_HUB_OFFLINE=1``, no network or no
       access) and no cached copy exists.
   """
-  from huggingface_hub import snapshot_download
+  from jaxsteer._src.hub import snapshot
 
   try:
-    root = snapshot_download(
+    root = snapshot(
       MMHAL_REPO,
       repo_type="dataset",
       revision=revision,
@@ -234,13 +236,18 @@ class MMHalReport:
     return save_json(self.to_dict(), path)
 
 
-def _summary(scores: Sequence[int]) -> dict[str, Any]:
+def _summary(scores: Sequence[int | None]) -> dict[str, Any]:
+  errors = sum(s is None for s in scores)
+  scores = [s for s in scores if s is not None]
   n = len(scores)
-  return {
+  out = {
     "n": n,
     "hallucination_rate": sum(s < 3 for s in scores) / n if n else float("nan"),
     "mean_score": sum(scores) / n if n else float("nan"),
   }
+  if errors:
+    out["errors"] = errors
+  return out
 
 
 def evaluate_mmhal(
@@ -250,8 +257,13 @@ def evaluate_mmhal(
   *,
   responses: Mapping[str, Sequence[str]] | None = None,
   progress: bool = True,
+  log: EvalLog | None = None,
+  on_error: str = "raise",
 ) -> MMHalReport:
   """Generates an answer per item with each method and rates it with ``judge``.
+
+  Every method's responses are generated before any judging, so a judge that fails loses no
+  generation (with ``log`` they are also on disk, and a rerun resumes).
 
   Args:
     generators: method name -> ``generate(question, image) -> str`` (e.g. ``{"unsteered": ...,
@@ -260,35 +272,52 @@ def evaluate_mmhal(
     judge: a judge object or a ``JUDGES`` name (built with default options).
     responses: precomputed responses per method (one per item); those methods are not generated.
     progress: show tqdm progress bars.
+    log: an ``EvalLog`` of this evaluation: its responses and ratings are reused, new ones are
+      appended as they are made.
+    on_error: ``"raise"`` (default) or ``"record"``: a failed rating (HTTP error, unparsable
+      reply) is recorded in the item's record (``score`` ``None``, ``error``) and counted in
+      ``errors``, and left out of the rates (see ``JudgeRunner``).
 
   Returns:
     An ``MMHalReport``.
   """
   judge = make_judge(judge)
   responses = dict(responses or {})
+  names = list(generators) + [m for m in responses if m not in generators]
+  for name in names:
+    if responses.get(name) is None:
+      responses[name] = generate_responses(
+        generators[name], items, desc=f"MMHal {name}", progress=progress, log=log, method=name
+      )
+    if len(responses[name]) != len(items):
+      raise ValueError(f"method {name!r}: {len(responses[name])} responses for {len(items)} items")
+  run = JudgeRunner(log, on_error)
   methods, records = {}, {}
-  for name in list(generators) + [m for m in responses if m not in generators]:
-    resp = responses.get(name)
-    if resp is None:
-      resp = generate_responses(generators[name], items, desc=f"MMHal {name}", progress=progress)
-    if len(resp) != len(items):
-      raise ValueError(f"method {name!r}: {len(resp)} responses for {len(items)} items")
+  for name in names:
+    resp = responses[name]
     recs = []
     for item, r in zip(
       items, tqdm(resp, desc=f"judge {name}", disable=not progress, leave=False), strict=True
     ):
-      rating = judge.score_mmhal(item, r)
-      recs.append(
-        {
-          "index": item.index,
-          "image_id": item.image_id,
-          "question_type": item.question_type,
-          "response": r,
-          "score": rating.score,
-          "hallucination": rating.hallucination,
-          "judge_reply": rating.reply,
-        }
-      )
+      key = f"mmhal/{name}/{item.index}"
+
+      def rate(item=item, r=r):
+        rating = judge.score_mmhal(item, r)
+        return {"score": rating.score, "reply": rating.reply}
+
+      got = run(key, rate)
+      rec = {
+        "index": item.index,
+        "image_id": item.image_id,
+        "question_type": item.question_type,
+        "response": r,
+        "score": None if got is None else got["score"],
+        "hallucination": None if got is None else got["score"] < 3,
+        "judge_reply": None if got is None else got["reply"],
+      }
+      if got is None:
+        rec["error"] = run.errors[key]
+      recs.append(rec)
     types = sorted({rec["question_type"] for rec in recs})
     methods[name] = {
       **_summary([rec["score"] for rec in recs]),

@@ -39,7 +39,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from jaxsteer._src.evals.judges import (
+  EvalLog,
   GenerateFn,
+  JudgeRunner,
   decode_image,
   generate_responses,
   judge_name,
@@ -129,8 +131,10 @@ def _read_rows(path: pathlib.Path) -> list[Any]:
   return rows
 
 
-def _image(value, base: pathlib.Path, image_root, where: str):
-  """(bytes, path) from an ``image`` field value."""
+def _image(value, base: pathlib.Path, image_root, where: str, allow_outside: bool = False):
+  """(bytes, path) from an ``image`` field value; a path must resolve inside ``base`` or
+  ``image_root`` unless ``allow_outside``."""
+  roots = [base] + ([pathlib.Path(image_root)] if image_root is not None else [])
 
   def find(p: str) -> pathlib.Path:
     p = pathlib.Path(p)
@@ -138,6 +142,15 @@ def _image(value, base: pathlib.Path, image_root, where: str):
       cands = [p]
     else:
       cands = [base / p] + ([pathlib.Path(image_root) / p] if image_root is not None else [])
+    if not allow_outside:
+      inside = [c for c in cands if any(c.resolve().is_relative_to(r.resolve()) for r in roots)]
+      if not inside:
+        raise ValueError(
+          f"{where}: image path {str(p)!r} lies outside {' and '.join(map(str, roots))}; data "
+          "files may only name images in their own folder (allow_outside=True, or the CLI's "
+          "--allow-outside-paths, allows others)"
+        )
+      cands = inside
     for c in cands:
       if c.is_file():
         return c
@@ -172,6 +185,7 @@ def load_spavl(
   image_root=None,
   check_images: bool = True,
   limit: int | None = None,
+  allow_outside: bool = False,
 ) -> list[SPAVLItem]:
   """Loads SPA-VL rows (preference data or an evaluation split) from parquet, JSON or JSONL.
 
@@ -186,6 +200,8 @@ def load_spavl(
     image_root: extra directory against which relative image paths are resolved.
     check_images: decode every image now, so a broken one fails here and not mid-generation.
     limit: keep only the first ``limit`` rows.
+    allow_outside: let image paths point outside the data file's folder and ``image_root``
+      (refused by default: a data file from elsewhere must not read arbitrary files).
 
   Returns:
     The items in file order.
@@ -216,7 +232,7 @@ def load_spavl(
       for k in required[1:]:
         if not isinstance(r[k], str):
           raise ValueError(f"{where}: {k!r} must be a string, got {type(r[k]).__name__}")
-      data, img_path = _image(r["image"], f.parent, image_root, where)
+      data, img_path = _image(r["image"], f.parent, image_root, where, allow_outside)
       ref = next((r[k] for k in REFERENCE_KEYS if isinstance(r.get(k), str) and r[k]), None)
       item = SPAVLItem(
         index=len(items),
@@ -295,16 +311,22 @@ class SPAVLReport:
     return save_json(self.to_dict(), path)
 
 
-def win_stats(outcomes: Sequence[float]) -> dict[str, Any]:
-  """``n``, ``wins``, ``ties``, ``losses`` and ``win_rate = mean(outcomes)`` (1 win, 0.5 tie)."""
+def win_stats(outcomes: Sequence[float | None]) -> dict[str, Any]:
+  """``n``, ``wins``, ``ties``, ``losses`` and ``win_rate = mean(outcomes)`` (1 win, 0.5 tie);
+  ``None`` outcomes (failed judgements) are left out and counted in ``errors``."""
+  errors = sum(o is None for o in outcomes)
+  outcomes = [o for o in outcomes if o is not None]
   n = len(outcomes)
-  return {
+  out = {
     "n": n,
     "wins": sum(o > 0.5 for o in outcomes),
     "ties": sum(o == 0.5 for o in outcomes),
     "losses": sum(o < 0.5 for o in outcomes),
     "win_rate": sum(outcomes) / n if n else float("nan"),
   }
+  if errors:
+    out["errors"] = errors
+  return out
 
 
 def evaluate_spavl(
@@ -316,6 +338,8 @@ def evaluate_spavl(
   reference: bool | None = None,
   responses: Mapping[str, Sequence[str]] | None = None,
   progress: bool = True,
+  log: EvalLog | None = None,
+  on_error: str = "raise",
 ) -> SPAVLReport:
   """Pairwise win rates of each method against ``baseline`` (and a reference answer).
 
@@ -333,6 +357,10 @@ def evaluate_spavl(
       every item has one.
     responses: precomputed responses per method; those methods are not generated.
     progress: show tqdm progress bars.
+    log: an ``EvalLog``: its responses and verdicts are reused, new ones appended as made
+      (every method is generated before any judging, so a failing judge loses no generation).
+    on_error: ``"raise"`` or ``"record"`` (a failed comparison is recorded in the item's
+      ``errors`` and left out of the win rates; see ``JudgeRunner``).
 
   Returns:
     An ``SPAVLReport``.
@@ -349,20 +377,27 @@ def evaluate_spavl(
   for name in names:
     if name not in responses:
       responses[name] = generate_responses(
-        generators[name], items, desc=f"SPA-VL {name}", progress=progress
+        generators[name], items, desc=f"SPA-VL {name}", progress=progress, log=log, method=name
       )
     if len(responses[name]) != len(items):
       raise ValueError(f"method {name!r}: {len(responses[name])} responses for {len(items)} items")
+  run = JudgeRunner(log, on_error)
   methods, records = {}, {}
   for name in names:
     recs = []
     for i, item in enumerate(tqdm(items, desc=f"judge {name}", disable=not progress, leave=False)):
       r = responses[name][i]
       rec = {"index": item.index, "response": r, "vs_baseline": None, "vs_reference": None}
-      if name != baseline:
-        rec["vs_baseline"] = judge.compare(item, r, responses[baseline][i])
-      if reference:
-        rec["vs_reference"] = judge.compare(item, r, item.reference)
+      errors = {}
+      todo = [("vs_baseline", responses[baseline][i])] if name != baseline else []
+      todo += [("vs_reference", item.reference)] if reference else []
+      for what, other in todo:
+        key = f"spavl/{name}/{item.index}/{what}"
+        rec[what] = run(key, lambda item=item, r=r, other=other: judge.compare(item, r, other))
+        if rec[what] is None:
+          errors[what] = run.errors[key]
+      if errors:
+        rec["errors"] = errors
       recs.append(rec)
     summary = {}
     if name != baseline:

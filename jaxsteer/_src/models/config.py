@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import pathlib
 from typing import Any
 
@@ -71,9 +72,12 @@ class ModelConfig:
       "num_heads",
       "num_kv_heads",
       "head_dim",
+      "intermediate_size",
+      "max_position_embeddings",
     ):
-      if int(getattr(self, name)) <= 0:
-        raise ValueError(f"config field {name} must be positive, got {getattr(self, name)}")
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+        raise ValueError(f"config field {name} must be a positive integer, got {v!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
         f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
@@ -134,6 +138,11 @@ class ModelConfig:
     rope["rope_type"] = rope_type
     if rope_type not in ("default", "linear", "llama3"):
       raise ValueError(f"unsupported rope_type {rope_type!r} (supported: default, linear, llama3)")
+    factor = rope.get("factor")
+    if rope_type != "default" and (
+      isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0
+    ):
+      raise ValueError(f"rope_type {rope_type!r} needs a positive number 'factor', got {factor!r}")
     rope_scaling = None if rope_type == "default" else tuple(sorted(rope.items()))
     sliding = hf.get("sliding_window") if model_type == "mistral" else None
     if model_type == "qwen2" and hf.get("use_sliding_window"):
@@ -176,10 +185,34 @@ def config_from_json(cls, path: str | pathlib.Path):
     raise ValueError(f"corrupt config.json at {path}: {e}") from None
   if not isinstance(hf, dict):
     raise ValueError(f"corrupt config.json at {path}: expected a JSON object")
+  for k in _INT_FIELDS:
+    v = hf.get(k)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+      raise ValueError(f"config.json at {path}: {k} must be an integer, got {v!r}")
   try:
     return cls.from_hf(hf)
   except KeyError as e:
     raise ValueError(f"config.json at {path} lacks the field {e}") from None
+  except TypeError as e:  # a field of the wrong type not caught above
+    raise ValueError(f"config.json at {path} has a field of the wrong type ({e})") from None
+
+
+# Integer fields of HF configs (Llama family and GPT-2 names), checked before use.
+_INT_FIELDS = (
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "head_dim",
+  "max_position_embeddings",
+  "n_embd",
+  "n_layer",
+  "n_head",
+  "n_positions",
+  "n_inner",
+)
 
 
 def _first(x):

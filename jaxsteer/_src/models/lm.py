@@ -319,6 +319,12 @@ class LanguageModel:
       if isinstance(p, str):
         if not p:
           raise ValueError("empty prompt: give text, or token ids such as [bos_id]")
+        least = _min_tokens(self.tokenizer, p)
+        if least > self.config.max_position_embeddings:  # provably too long: skip tokenising
+          raise ValueError(
+            f"prompt of {len(p)} characters is at least {least} tokens, longer than the model's "
+            f"context of {self.config.max_position_embeddings}"
+          )
         p = self.encode(p)
       p = [int(t) for t in p]
       if not p:
@@ -445,6 +451,26 @@ def _strip(row, eos):
   return row
 
 
+def _min_tokens(tok, text: str) -> int:
+  """A lower bound on ``len(tok.encode(text))`` for llama2.c tokenizers, else 0.
+
+  Every llama2.c token stands for at most ``max(len(piece))`` bytes of the text (a byte-fallback
+  token for one), so there are at least ``ceil(len(utf8) / longest)`` tokens (BOS and the
+  dummy-prefix space left out, so the bound holds whatever the encoder does with them).
+  """
+  pieces = getattr(tok, "pieces", None)
+  if not pieces or not isinstance(pieces, list):
+    return 0
+  longest = getattr(tok, "_longest_piece", None)
+  if longest is None:
+    longest = max(max(len(x) for x in pieces), 1)
+    try:
+      tok._longest_piece = longest
+    except AttributeError:
+      pass
+  return -(-len(text.encode("utf-8")) // longest)
+
+
 # ------------------------------------------------------------------------------------------------
 # load()
 
@@ -467,17 +493,14 @@ HUB_PATTERNS = (
 
 def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
   """Downloads the safetensors files, config and tokenizer of a hub model (never pickles)."""
-  import huggingface_hub
+  from jaxsteer._src import hub
 
-  try:
-    path = huggingface_hub.snapshot_download(
-      repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS)
-    )
-  except Exception as e:  # offline, unknown repo, auth
+  try:  # bounded wait for an endpoint that never replies (jaxsteer._src.hub)
+    return hub.snapshot(repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS))
+  except FileNotFoundError as e:  # offline, unknown repo, auth, no reply
     raise FileNotFoundError(
-      f"{repo_id!r} is neither a local path nor a downloadable hub model ({type(e).__name__}: {e})"
+      f"{repo_id!r} is neither a local path nor a downloadable hub model: {e}"
     ) from None
-  return pathlib.Path(path)
 
 
 def load(

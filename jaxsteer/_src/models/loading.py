@@ -6,6 +6,7 @@ shard (``jax.make_array_from_callback``), so the full model is never materialise
 
 from __future__ import annotations
 
+import math
 import pathlib
 import re
 import struct
@@ -209,13 +210,20 @@ def _check_shapes(arrays, cfg, want=None):
 # --------------------------------------------------------------------------------------------
 # llama2.c legacy (version 0) checkpoints.
 
-_PICKLE_MAGICS = (b"PK\x03\x04", b"\x80")
+
+def _looks_like_pickle(head: bytes) -> bool:
+  """A zip archive (``torch.save``) or a pickle stream: PROTO 2-5 opcode, then a pickle opcode."""
+  if head.startswith(b"PK\x03\x04"):
+    return True
+  return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[2] in b"}]()cK\x95"
 
 
 def refuse_pickle(path: pathlib.Path) -> None:
+  """Refuses a pickle; called only once a file failed the llama2.c structure check (a llama2.c
+  header may start with 0x80, e.g. dim = 128 mod 256)."""
   with open(path, "rb") as f:
     head = f.read(4)
-  if head.startswith(_PICKLE_MAGICS):
+  if _looks_like_pickle(head):
     raise ValueError(
       f"{path} is a pickle (PyTorch) checkpoint; jaxsteer refuses to unpickle files because that "
       "runs arbitrary code. Use a safetensors export or a llama2.c legacy .bin export."
@@ -232,15 +240,16 @@ def read_llama2c(path: str | pathlib.Path) -> tuple[ModelConfig, dict[str, np.nd
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"missing llama2.c checkpoint: {path}")
-  refuse_pickle(path)
   size = path.stat().st_size
   if size < 28:
+    refuse_pickle(path)
     raise ValueError(f"corrupt llama2.c checkpoint {path}: shorter than its 28-byte header")
   with open(path, "rb") as f:
     dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len = struct.unpack("<7i", f.read(28))
   shared = vocab > 0
   vocab = abs(vocab)
   if min(dim, hidden, n_layers, n_heads, n_kv, vocab, seq_len) <= 0 or dim % n_heads:
+    refuse_pickle(path)
     raise ValueError(
       f"corrupt llama2.c checkpoint {path}: implausible header "
       f"(dim={dim}, hidden={hidden}, layers={n_layers}, heads={n_heads}, kv_heads={n_kv}, "
@@ -264,8 +273,9 @@ def read_llama2c(path: str | pathlib.Path) -> tuple[ModelConfig, dict[str, np.nd
   ]
   if not shared:
     layout.append(("wcls", (vocab, dim)))
-  n_floats = sum(int(np.prod(s)) for _, s in layout)
+  n_floats = sum(math.prod(s) for _, s in layout)  # Python ints: no overflow
   if size != 28 + 4 * n_floats:
+    refuse_pickle(path)  # the structure decides; the first bytes only name the likely cause
     raise ValueError(
       f"corrupt llama2.c checkpoint {path}: the header implies {28 + 4 * n_floats} bytes, "
       f"the file has {size} (truncated or not a llama2.c legacy export)"

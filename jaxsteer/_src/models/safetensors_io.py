@@ -27,6 +27,57 @@ _DTYPES = {
 }
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_header(header, data_len: int, where: str) -> dict[str, tuple]:
+  """Validates a parsed safetensors JSON header; ``{name: (dtype, shape, begin)}``.
+
+  Refused (``ValueError`` naming the file and tensor), before any tensor byte is read: a header
+  that is not a JSON object, a ``__metadata__`` that is not string -> string, an unknown dtype,
+  dimensions or offsets that are not non-negative integers, a byte range that does not match
+  dtype x shape or lies past the data section, and tensors whose byte ranges overlap.
+  """
+  bad = f"corrupt safetensors file {where}"
+  if not isinstance(header, dict):
+    raise ValueError(f"{bad}: the header is a JSON {type(header).__name__}, not an object")
+  meta = header.get("__metadata__")
+  if meta is not None and not (
+    isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+  ):
+    raise ValueError(f"{bad}: __metadata__ must map strings to strings")
+  entries, spans = {}, []
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    if not isinstance(info, dict):
+      raise ValueError(f"{bad}: entry for {name!r} is not an object")
+    dtype = _DTYPES.get(info.get("dtype")) if isinstance(info.get("dtype"), str) else None
+    if dtype is None:
+      raise ValueError(f"{bad}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}")
+    shape, offsets = info.get("shape"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+      raise ValueError(f"{bad}: tensor {name!r} has shape {shape!r}; need non-negative integers")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+      raise ValueError(f"{bad}: tensor {name!r} has data_offsets {offsets!r}; need [begin, end]")
+    begin, end = offsets
+    expected = int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+    if begin < 0 or end - begin != expected or end > data_len:
+      raise ValueError(
+        f"{bad}: tensor {name!r} needs {expected} bytes at [{begin}, {end}) but the data "
+        f"section has {data_len} bytes (truncated file?)"
+      )
+    entries[name] = (dtype, tuple(shape), begin)
+    if end > begin:
+      spans.append((begin, end, name))
+  spans.sort()
+  for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+    if b1 < e0:
+      raise ValueError(f"{bad}: tensors {n0!r} [{b0}, {e0}) and {n1!r} (from {b1}) overlap")
+  return entries
+
+
 class SafetensorsFile:
   """Index of one ``.safetensors`` file; ``file[name]`` is a read-only memory-mapped array."""
 
@@ -48,24 +99,8 @@ class SafetensorsFile:
         header = json.loads(f.read(n))
       except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"corrupt safetensors file {self.path}: bad JSON header ({e})") from None
-    header.pop("__metadata__", None)
     self._start = 8 + n
-    self._entries = {}
-    data_len = size - self._start
-    for name, info in header.items():
-      try:
-        dtype = _DTYPES[info["dtype"]]
-        shape = tuple(int(s) for s in info["shape"])
-        begin, end = (int(o) for o in info["data_offsets"])
-      except (KeyError, TypeError, ValueError):
-        raise ValueError(f"corrupt safetensors file {self.path}: bad entry for {name!r}") from None
-      expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-      if end - begin != expected or end > data_len or begin < 0:
-        raise ValueError(
-          f"corrupt safetensors file {self.path}: tensor {name!r} needs {expected} bytes at "
-          f"[{begin}, {end}) but the data section has {data_len} bytes (truncated file?)"
-        )
-      self._entries[name] = (dtype, shape, begin)
+    self._entries = parse_header(header, size - self._start, str(self.path))
     self._mmap = None
 
   def keys(self):
@@ -87,6 +122,28 @@ class SafetensorsFile:
     )
 
 
+def check_shard_name(fname, index) -> None:
+  """A shard named by an index must be a plain relative path inside the model directory.
+
+  Checked on the name itself (no absolute path, drive, backslash or ``..``), so a hub cache whose
+  files are symlinks into its ``blobs/`` folder still loads.
+  """
+  if not isinstance(fname, str) or not fname:
+    raise ValueError(f"safetensors index {index} names a shard {fname!r}; expected a file name")
+  parts = pathlib.PurePosixPath(fname).parts
+  if (
+    fname.startswith(("/", "~"))
+    or "\\" in fname
+    or ":" in fname
+    or any(p in ("..", ".") for p in parts)
+    or not fname.endswith(".safetensors")
+  ):
+    raise ValueError(
+      f"safetensors index {index} names {fname!r}; shards must be .safetensors files inside the "
+      "model directory (no absolute paths or '..')"
+    )
+
+
 class SafetensorsCheckpoint:
   """One or more safetensors files (sharded with ``model.safetensors.index.json``) as one mapping."""
 
@@ -100,6 +157,10 @@ class SafetensorsCheckpoint:
         weight_map = json.loads(index.read_text())["weight_map"]
       except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"corrupt safetensors index {index}: {e}") from None
+      if not isinstance(weight_map, dict):
+        raise ValueError(f"corrupt safetensors index {index}: weight_map is not an object")
+      for fname in weight_map.values():
+        check_shard_name(fname, index)
       for name, fname in weight_map.items():
         if fname not in self.files:
           self.files[fname] = SafetensorsFile(directory / fname)
