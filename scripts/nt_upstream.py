@@ -270,6 +270,12 @@ def table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def write_json(path: pathlib.Path, obj) -> None:
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--mode", choices=("ci", "full"), default="ci")
@@ -304,12 +310,35 @@ def main(argv=None) -> int:
       suite = root / "suite"
       unpack(sdist, suite)
       ci = args.mode == "ci"
-      files = args.files or (list(CI_FILES) if ci else ["tests"])
       cases = args.cases or (CI_CASES if ci else 4)
-      deselect = CI_DESELECT if ci else ()
-      res = run_pytest(
-        suite, files, cases, args.x64, args.timeout, deselect, args.pytest_args, args.log
-      )
+      if ci or args.files:
+        files = args.files or list(CI_FILES)
+        deselect = CI_DESELECT if ci else ()
+        res = run_pytest(
+          suite, files, cases, args.x64, args.timeout, deselect, args.pytest_args, args.log
+        )
+      else:  # full: one pytest run per file, the JSON rewritten after each (partial results kept)
+        res = None
+        for rel in sorted(str(p.relative_to(suite)) for p in suite.rglob("*_test.py")):
+          log = args.log.with_suffix(f".{pathlib.Path(rel).stem}.log") if args.log else None
+          one = run_pytest(suite, [rel], cases, args.x64, args.timeout, (), args.pytest_args, log)
+          if res is None:
+            res = one
+            res["returncode"] = 0
+          else:
+            res["files"].update(one["files"])
+            res["wall_s"] = round(res["wall_s"] + one["wall_s"], 1)
+            res["loadavg"] = one["loadavg"]
+          if one["returncode"] not in (0, 5):
+            res["returncode"] = one["returncode"]
+          if not one["files"]:
+            res["files"][rel] = {
+              "passed": 0, "failed": 1, "skipped": 0, "time_s": one["wall_s"],
+              "non_pass": [{"test": "(file)", "status": "failed",
+                            "reason": f"pytest exit {one['returncode']}, no results"}],
+            }  # fmt: skip
+          if args.json:
+            write_json(args.json, dict(res, mode=args.mode, partial=True))
   except UsageError as e:
     print(f"nt_upstream: error: {e}", file=sys.stderr)
     return 2
@@ -321,9 +350,7 @@ def main(argv=None) -> int:
       if n["status"] == "failed":
         print(f"FAILED {rel}::{n['test']}: {n['reason']}")
   if args.json:
-    tmpj = args.json.with_suffix(".tmp")
-    tmpj.write_text(json.dumps(res, indent=1))
-    os.replace(tmpj, args.json)
+    write_json(args.json, res)
   if not res["files"]:
     print(f"nt_upstream: pytest produced no results (exit {res['returncode']})", file=sys.stderr)
     return 1
