@@ -140,8 +140,90 @@ def reference_smoothing(h: Callable[[float], float], t: float, kinks=()) -> floa
   return scipy.integrate.quad(f, 0.0, up, points=pts, epsabs=0.0, epsrel=1e-13, limit=1000)[0]
 
 
+# Precomputed chebyshev_fit(shape) at FIT_DEG (float64 repr); tests/ntk/test_kernels.py checks that
+# rebuilding reproduces them.
+_PRECOMPUTED: dict[str, tuple[float, tuple[float, ...]]] = {
+  "fast_sigmoid": (
+    3.0,
+    (
+      0.8359499778663789,
+      -0.07451612265620751,
+      0.05091740981844178,
+      -0.021377554193690924,
+      0.009702755753135088,
+      -0.004130885897813737,
+      0.001880616682835571,
+      -0.0008184796628442096,
+      0.0003837420673965438,
+      -0.00016898976469459075,
+      8.255668832721304e-05,
+      -3.607301506768069e-05,
+      1.8758395571058208e-05,
+      -7.817812017619701e-06,
+      4.549096535207067e-06,
+      -1.6509288108384123e-06,
+      1.210083749307303e-06,
+      -2.985021420962171e-07,
+      3.7097492969620743e-07,
+      -1.5325793940682427e-08,
+      1.38487685475535e-07,
+      3.198815386808555e-08,
+      6.384251834394716e-08,
+      3.081118733765302e-08,
+      3.461402936260024e-08,
+      2.23584850100339e-08,
+      2.044012224562333e-08,
+      1.4734288077930587e-08,
+      1.2156530805106383e-08,
+      8.816304613467793e-09,
+      6.507969509137433e-09,
+      4.114307310851189e-09,
+      2.052940453198808e-09,
+    ),
+  ),
+  "triangle": (
+    0.5,
+    (
+      0.7879980482248968,
+      -0.32096348142203474,
+      -0.10322666155493088,
+      0.023581363096588853,
+      0.0178679105836101,
+      -0.003941392188608244,
+      -0.003948609200928225,
+      0.0010690770313759735,
+      0.0009808656081691566,
+      -0.00038289616418301156,
+      -0.0002481038277593298,
+      0.00015233041483813615,
+      5.541099512634707e-05,
+      -6.081737873276402e-05,
+      -6.5041836538552545e-06,
+      2.2843614592414326e-05,
+      -3.2717816193447713e-06,
+      -7.524999099221351e-06,
+      3.35016737176982e-06,
+      1.8620943802439223e-06,
+      -1.884632234728238e-06,
+      -1.0600583673663805e-07,
+      7.866675929254543e-07,
+      -2.412309280741022e-07,
+      -2.3030456134924986e-07,
+      1.8863119064274971e-07,
+      2.0570896366871628e-08,
+      -8.77485809215729e-08,
+      2.784130580687095e-08,
+      2.611156126326043e-08,
+      -2.2894334198638312e-08,
+      -3.3400982603959157e-09,
+      1.2532657778901429e-08,
+    ),
+  ),
+}
+
+
 @functools.cache
-def chebyshev_fit(shape: str, deg: int = FIT_DEG) -> tuple[float, tuple[float, ...]]:
+def build_chebyshev_fit(shape: str, deg: int = FIT_DEG) -> tuple[float, tuple[float, ...]]:
   """``(c, coefficients)`` of the Chebyshev interpolant of R(u) = (1 + t) H_h(t) (float64, cached)."""
   h, kinks, c = _SHAPES[shape]
   n = deg + 1
@@ -152,8 +234,15 @@ def chebyshev_fit(shape: str, deg: int = FIT_DEG) -> tuple[float, tuple[float, .
   return c, tuple(float(a) for a in coef)
 
 
+def chebyshev_fit(shape: str) -> tuple[float, tuple[float, ...]]:
+  """``(c, coefficients)`` of the fit of ``shape`` at FIT_DEG (precomputed, else built once)."""
+  if shape in _PRECOMPUTED:
+    return _PRECOMPUTED[shape]
+  return build_chebyshev_fit(shape)
+
+
 def eval_fit(shape: str, t):
-  """H_h(t) from the cached Chebyshev fit, elementwise over ``t >= 0`` (dtype of ``t``)."""
+  """H_h(t) from the Chebyshev fit, elementwise over ``t >= 0`` (dtype of ``t``)."""
   c, coef = chebyshev_fit(shape)
   t = jnp.asarray(t)
   u = 1.0 - (2.0 * c) / (t + c)  # = (t - c) / (t + c); t = inf -> u = 1
