@@ -22,26 +22,35 @@ exist only while NT's modules execute their import statements, plus one stub mod
    rules for it) and an empty ``reducing_transposes`` table. All of these are removed again after
    the import, so other code sees an unmodified JAX. The placeholder's rule entries are dropped
    from NT's rule tables.
-3. In ``neural_tangents._src.empirical`` only, the module-level name ``jnp`` is rebound to a proxy
-   of ``jax.numpy`` whose ``size`` also accepts ``jax.ShapeDtypeStruct`` (NT calls
-   ``jnp.size`` on shape structs in implementation 2, which JAX 0.10 deprecates with a warning
-   and will turn into an error).
+3. In ``neural_tangents._src.empirical`` only, a few module-level names are rebound (``PATCHES``
+   below, each tested on its own in ``tests/ntk/test_compat.py``): proxies of ``jnp``, ``lu``,
+   ``ad`` and ``core`` that add what JAX 0.10 changed or removed (``jnp.size`` of shape structs,
+   ``jnp.dtype`` of arrays, ``lu.wrap_init`` debug info, the new ``ad.linearize`` signature,
+   ``core.DShapedArray``), and ports of three small functions (``_eqn_vjp_fn``,
+   ``_write_cotangent``, ``_get_flops``) to JAX 0.10's transpose tables and ``cost_analysis``.
 
-Works afterwards (tested in ``tests/ntk/test_compat.py``): ``stax`` layers and their
-``kernel_fn`` (Dense, Erf, Sign, Relu, serial, parallel, ...), ``monte_carlo_kernel_fn``,
-``empirical_ntk_fn`` with implementations 1 (Jacobian contraction) and 2 (NTK-vector products),
-``predict``, ``batch``. Not supported: implementation 3 (structured derivatives; uses JAX
-internals whose signatures changed) and ``neural_tangents.experimental`` (TensorFlow).
+Works afterwards (tested in ``tests/ntk/test_compat.py``, and by NT's own test suite through
+``scripts/nt_upstream.py``, table in docs/ntk_upstream.md): ``stax`` layers and their
+``kernel_fn``, ``monte_carlo_kernel_fn``, ``empirical_ntk_fn`` / ``empirical_kernel_fn`` with
+every implementation (1 Jacobian contraction, 2 NTK-vector products, 3 structured derivatives,
+0 AUTO), ``predict``, ``batch``. Not supported: ``neural_tangents.experimental`` (TensorFlow).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import sys
 import types
 
 SUPPORTED_NT_VERSION = "0.6.5"
+INSTALL_COMMAND = f"pip install --no-deps neural-tangents=={SUPPORTED_NT_VERSION} frozendict"
+INSTALL_HINT = (
+  f"ntk needs neural-tangents {SUPPORTED_NT_VERSION}, which is not installed; install it with "
+  f"`{INSTALL_COMMAND}` (--no-deps: its TensorFlow requirement is only for the TF interop that ntk "
+  "never loads)"
+)
 _EXPERIMENTAL = "neural_tangents.experimental"
 
 
@@ -111,7 +120,12 @@ def _temporary_jax_names():
 
 
 class _JnpProxy(types.ModuleType):
-  """``jax.numpy`` with a ``size`` that accepts objects exposing ``.shape`` (shape structs)."""
+  """``jax.numpy`` whose ``size`` accepts shape structs and whose ``dtype`` accepts arrays.
+
+  NT calls ``jnp.size`` on ``jax.ShapeDtypeStruct`` (implementation 2) and
+  ``tree_map(jnp.dtype, params)`` on arrays (every implementation); JAX 0.10 deprecates both with
+  a ``DeprecationWarning`` and will turn them into errors.
+  """
 
   def __init__(self, jnp):
     super().__init__("jax.numpy")
@@ -127,11 +141,244 @@ class _JnpProxy(types.ModuleType):
       return math.prod(a.shape)
     return self._jnp.size(a, axis)
 
+  def dtype(self, a, *args, **kwargs):
+    import jax
+    import numpy as np
+
+    if not args and not kwargs and isinstance(a, jax.Array | np.ndarray):
+      return np.dtype(a.dtype)
+    return self._jnp.dtype(a, *args, **kwargs)
+
+
+class _LuProxy(types.ModuleType):
+  """``jax.extend.linear_util`` whose ``wrap_init`` supplies the ``DebugInfo`` JAX 0.10 wants.
+
+  NT's implementation 3 calls ``lu.wrap_init(fn)``; without ``debug_info`` JAX 0.10 warns
+  (``DeprecationWarning``, to become an error).
+  """
+
+  def __init__(self, lu):
+    super().__init__("jax.extend.linear_util")
+    self._lu = lu
+
+  def __getattr__(self, name):
+    return getattr(self._lu, name)
+
+  def wrap_init(self, f, params=None, *, debug_info=None):
+    if debug_info is None:
+      import jax.api_util
+
+      debug_info = jax.api_util.debug_info("neural_tangents empirical", f, (), {})
+    return self._lu.wrap_init(f, params, debug_info=debug_info)
+
+
+# ----------------------------------------------------------------- runtime patches (empirical.py)
+#
+# Each patch rebinds ONE module-level name of ``neural_tangents._src.empirical`` (never JAX, never
+# another module), so the edit is visible to NT's empirical-kernel code only. ``PATCHES`` lists them
+# in the order applied; ``tests/ntk/test_compat.py`` tests each one on its own.
+
+
+class _Pval:
+  """Stands in for the ``PartialVal`` objects NT reads ``is_known()`` from (known = zero tangent)."""
+
+  __slots__ = ("_known",)
+
+  def __init__(self, known: bool):
+    self._known = bool(known)
+
+  def is_known(self) -> bool:
+    return self._known
+
+
+class _AdProxy(types.ModuleType):
+  """``jax.interpreters.ad`` with NT 0.6.5's ``linearize(fn_flat, *primals, has_aux)`` signature.
+
+  JAX 0.10's ``ad.linearize(traceable, primals_ft, has_aux, is_vjp)`` takes a plain function and a
+  ``FlatTree`` and returns ``(out_primals_ft, out_zeros, jaxpr, consts)``; NT expects a
+  ``WrappedFun`` and positional primals and reads ``(out_primals, pvals, jaxpr, consts)`` with
+  ``pval.is_known()`` meaning "tangent is symbolically zero". ``source_info_util`` (read by NT's
+  ``_backward_pass``) moved to ``jax._src``. Every other attribute passes through.
+  """
+
+  def __init__(self, ad):
+    super().__init__("jax.interpreters.ad")
+    self._ad = ad
+
+  def __getattr__(self, name):
+    if name == "source_info_util":
+      from jax._src import source_info_util
+
+      return source_info_util
+    return getattr(self._ad, name)
+
+  @staticmethod
+  def linearize(fn_flat, *primals, has_aux=False):
+    from jax._src.interpreters import ad as ad_src
+    from jax._src.tree_util import FlatTree
+
+    if has_aux:
+      raise NotImplementedError("ntk compat: linearize(has_aux=True) is not used by NT 0.6.5")
+    out_ft, out_zeros, jaxpr, consts = ad_src.linearize(
+      lambda *xs: fn_flat.call_wrapped(*xs), FlatTree.flatten(tuple(primals)), has_aux=False
+    )[:4]
+    return list(out_ft.unflatten()), [_Pval(z) for z in out_zeros], jaxpr, consts
+
+
+class _NoSuchAval:
+  """``core.DShapedArray`` (dynamic shapes) was removed; no aval is ever of this type."""
+
+
+class _CoreProxy(types.ModuleType):
+  """``jax.core`` plus the names NT's empirical code reads at run time that JAX 0.10 removed."""
+
+  DShapedArray = _NoSuchAval
+
+  def __init__(self, core):
+    super().__init__("jax.core")
+    self._core = core
+
+  def __getattr__(self, name):
+    if name in ("Var", "Literal", "Primitive", "Jaxpr", "JaxprEqn"):
+      import jax.extend.core as ext_core
+
+      return getattr(ext_core, name)
+    return getattr(self._core, name)
+
+
+def _eqn_vjp_fn(eqn, cts_in, *invals):
+  """Port of NT's ``_eqn_vjp_fn`` (transpose one equation) to JAX 0.10's transpose tables.
+
+  Changes against NT 0.6.5: ``ad.source_info_util`` is ``jax._src.source_info_util``; the removed
+  ``Primitive.map_primitive`` / ``ad.reducing_transposes`` branches are gone; primitives that have
+  only an accumulator-style ("fancy") transpose in JAX 0.10 (``slice``, ``dynamic_slice``, call
+  primitives, ...) are transposed through that rule with ``ValAccum`` stand-ins for the undefined
+  primals, exactly as ``jax._src.interpreters.ad.backward_pass3`` does.
+  """
+  from jax._src import source_info_util
+  from jax._src.interpreters import ad as ad_src
+
+  if eqn is None:
+    return (cts_in,)
+  prim = eqn.primitive
+  name_stack = source_info_util.current_name_stack() + eqn.source_info.name_stack
+  with source_info_util.user_context(eqn.source_info.traceback, name_stack=name_stack):
+    if prim in ad_src.primitive_transposes and not prim.call_primitive:
+      return ad_src.primitive_transposes[prim](cts_in, *invals, **eqn.params)
+    accs = [
+      ad_src.ValAccum(x.aval.to_ct_aval()) if ad_src.is_undefined_primal(x) else x for x in invals
+    ]
+    if prim in ad_src.fancy_transposes:
+      ad_src.fancy_transposes[prim](cts_in, *accs, **eqn.params)
+    elif prim.call_primitive:
+      params = dict(eqn.params)
+      call_jaxpr = params.pop("call_jaxpr")
+      rule = ad_src.get_primitive_transpose(prim)
+      cts = cts_in if prim.multiple_results else [cts_in]
+      cts_out = rule(params, call_jaxpr, list(invals), cts, [v.aval for v in eqn.outvars])
+      for a, ct in zip(accs, cts_out, strict=True):
+        if isinstance(a, ad_src.GradAccum):
+          a.accum(ct)
+    else:
+      ad_src.get_primitive_transpose(prim)  # raises NotImplementedError naming the primitive
+    return [a.freeze() if isinstance(a, ad_src.GradAccum) else None for a in accs]
+
+
+def _write_cotangent(prim, ct_env, v, ct):
+  """Port of NT's ``_write_cotangent``: the ``jax_enable_checks`` branch used the removed
+  ``core.get_aval`` / ``core.lattice_join`` / ``strip_named_shape``; it now checks that the
+  accumulated cotangent has the variable's shape and dtype (weak type ignored)."""
+  import jax
+  import jax.extend.core as ext_core
+  from jax._src.interpreters import ad as ad_src
+
+  assert ct is not ad_src.Zero, (prim, v.aval)
+  if ct is None or type(v) is ext_core.Literal or type(ct) is ad_src.Zero:
+    return
+  ct_env[v] = ad_src.add_tangents(ct_env[v], ct) if v in ct_env else ct
+  if jax.config.jax_enable_checks:
+    got = jax.typeof(ct_env[v])
+    assert (got.shape, got.dtype) == (v.aval.shape, v.aval.dtype), (prim, v.aval, got)
+
+
+def _get_flops(f, optimize: bool, *a, **kw) -> float:
+  """Port of NT's ``_get_flops``: ``Compiled.cost_analysis()`` returns a dict in JAX 0.10, not a
+  one-element list of dicts (``NtkImplementation.AUTO`` failed with ``KeyError: 0``)."""
+  import jax
+
+  lowered = jax.jit(f).lower(*a, **kw)
+  analysis = lowered.compile().cost_analysis() if optimize else lowered.cost_analysis()
+  if isinstance(analysis, list | tuple):  # older JAX: one dict per device program
+    analysis = analysis[0]
+  return analysis["flops"]
+
+
+def _patch_jnp(empirical):
+  if not isinstance(empirical.jnp, _JnpProxy):
+    empirical.jnp = _JnpProxy(empirical.jnp)
+
+
+def _patch_lu(empirical):
+  if not isinstance(empirical.lu, _LuProxy):
+    empirical.lu = _LuProxy(empirical.lu)
+
+
+def _patch_ad(empirical):
+  if not isinstance(empirical.ad, _AdProxy):
+    empirical.ad = _AdProxy(empirical.ad)
+
+
+def _patch_core(empirical):
+  if not isinstance(empirical.core, _CoreProxy):
+    empirical.core = _CoreProxy(empirical.core)
+
+
+def _setter(name, value):
+  def patch(empirical):
+    setattr(empirical, name, value)
+
+  return patch
+
+
+# (name rebound in neural_tangents._src.empirical, what it fixes, apply function)
+PATCHES: tuple[tuple[str, str, object], ...] = (
+  ("jnp", "jnp.size of shape structs (implementation 2), jnp.dtype of arrays", _patch_jnp),
+  ("lu", "lu.wrap_init without DebugInfo (implementation 3)", _patch_lu),
+  ("ad", "ad.linearize signature (implementation 3)", _patch_ad),
+  ("core", "core.DShapedArray / core.Var removed (implementation 3)", _patch_core),
+  ("_eqn_vjp_fn", "transpose tables, source_info_util (implementation 3)", None),
+  ("_write_cotangent", "core.get_aval / lattice_join removed (implementation 3)", None),
+  ("_get_flops", "cost_analysis() returns a dict (AUTO)", None),
+)
+_FUNCTION_PORTS = {
+  "_eqn_vjp_fn": _eqn_vjp_fn,
+  "_write_cotangent": _write_cotangent,
+  "_get_flops": _get_flops,
+}
+
+
+def apply_empirical_patches(empirical, names=None) -> None:
+  """Applies the runtime patches (all, or those in ``names``) to NT's empirical module."""
+  for name, _, fn in PATCHES:
+    if names is not None and name not in names:
+      continue
+    if fn is None:
+      setattr(empirical, name, _FUNCTION_PORTS[name])
+    else:
+      fn(empirical)
+
 
 def import_neural_tangents() -> types.ModuleType:
-  """Imports neural-tangents under the compatibility layer (idempotent) and returns it."""
+  """Imports neural-tangents under the compatibility layer (idempotent) and returns it.
+
+  Raises:
+    ImportError: neural-tangents is not installed (the message names the install command), or
+      its version is not the supported one.
+  """
   if "neural_tangents" in sys.modules and "neural_tangents.stax" in sys.modules:
     return sys.modules["neural_tangents"]
+  if importlib.util.find_spec("neural_tangents") is None:
+    raise ImportError(INSTALL_HINT)
   if _EXPERIMENTAL not in sys.modules:
     sys.modules[_EXPERIMENTAL] = _ExperimentalStub(_EXPERIMENTAL)
   with _temporary_jax_names() as placeholder:
@@ -141,12 +388,11 @@ def import_neural_tangents() -> types.ModuleType:
     rules = importlib.import_module("neural_tangents._src.utils.rules")
     for table in (rules.STRUCTURE_RULES, rules.JACOBIAN_RULES):
       table.pop(placeholder, None)
-  empirical = importlib.import_module("neural_tangents._src.empirical")
-  if not isinstance(empirical.jnp, _JnpProxy):
-    empirical.jnp = _JnpProxy(empirical.jnp)
   version = getattr(nt, "__version__", "?")
   if version != SUPPORTED_NT_VERSION:
     raise ImportError(
-      f"ntk's compatibility layer targets neural-tangents {SUPPORTED_NT_VERSION}, found {version}"
+      f"ntk's compatibility layer targets neural-tangents {SUPPORTED_NT_VERSION}, found {version}; "
+      f"{INSTALL_COMMAND}"
     )
+  apply_empirical_patches(importlib.import_module("neural_tangents._src.empirical"))
   return nt

@@ -44,17 +44,17 @@ def empirical_sg_ntk_fn(
   Args:
     apply_fn: network apply function.
     trace_axes, diagonal_axes, vmap_axes: as in ``neural_tangents.empirical_ntk_fn``.
-    implementation: 1 (Jacobian contraction) or 2 (NTK-vector products); 3 (structured
-      derivatives) does not run on current JAX.
+    implementation: 1 (Jacobian contraction), 2 (NTK-vector products), 3 (structured
+      derivatives, NT's default) or 0 (AUTO: the cheapest of 1-3 by XLA's FLOP estimate).
 
   Returns:
     ``fn(x1, x2, params, **kwargs)``; ``x2=None`` means x2 = x1 (the result is still the
     asymmetric J(x1) J~(x1)^T).
   """
-  if implementation not in (1, 2):
+  if implementation not in (0, 1, 2, 3) or isinstance(implementation, bool):
     raise ValueError(
-      f"implementation must be 1 (Jacobian contraction) or 2 (NTK-vector products), "
-      f"got {implementation!r}; 3 (structured derivatives) does not work on current JAX"
+      "implementation must be 0 (AUTO), 1 (Jacobian contraction), 2 (NTK-vector products) or "
+      f"3 (structured derivatives), got {implementation!r}"
     )
   ntk_fn = nt.empirical_ntk_fn(
     apply_fn,

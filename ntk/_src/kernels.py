@@ -69,17 +69,35 @@ def arcsine_nngp_diag(q, a: float = 0.0):
   return (2.0 / math.pi) * jnp.arcsin(jnp.clip(q / jnp.maximum(q + a, _TINY), -1.0, 1.0))
 
 
+def conditional_variance(c, q1a, q2):
+  """s2 = q2 - c^2 / q1a, computed as q2 (1 - rho)(1 + rho), rho = c / sqrt(q1a q2) clipped and
+  snapped like the arcsine NNGP (``_snap_correlation``).
+
+  The direct difference cancels: on the diagonal (c = q1 = q2 up to rounding) it leaves a few ulp
+  of q2, i.e. s ~ sqrt(eps q2) ~ 3e-4 in float32 instead of 0, and a kinked surrogate's H_g(s2)
+  ~ g(0) - O(s) then carries a relative error of ~1e-3 (fast sigmoid 1.3e-3, triangle 9.2e-4
+  measured). With rho snapped, s2 is exactly 0 there and float32 agrees with float64 to ~1e-7.
+  """
+  rho = _snap_correlation(c / jnp.sqrt(jnp.maximum(q1a * q2, _TINY)))
+  return jnp.maximum(q2, 0.0) * (1.0 - rho) * (1.0 + rho)
+
+
 def sg_dot(c, q1, q2, surrogate, a: float = 0.0, true_mass: float = 2.0):
-  """E[sigma'(u) g(v)], sigma' = true_mass * N(0, a) (sign: a = 0; erf_m: a = 1/(2 m^2))."""
+  """E[sigma'(u) g(v)], sigma' = true_mass * N(0, a) (sign: a = 0; erf_m: a = 1/(2m^2)).
+
+  Gaussian g = A N(0, b): (true_mass A / 2 pi) / sqrt(q1a (s2 + b)), else
+  true_mass / sqrt(2 pi q1a) * H_g(s2), with q1a = q1 + a and s2 = ``conditional_variance``
+  (q1a (s2 + b) = q1a (q2 + b) - c^2, without its cancellation).
+  """
   g = _surrogates.get_surrogate(surrogate)
-  q1a = q1 + a
+  q1a = jnp.maximum(q1 + a, _TINY)
+  s2 = conditional_variance(c, q1a, q2)
   gauss = g.gaussian
   if gauss is not None:
     mass, b = gauss
-    det = q1a * (q2 + b) - c**2
+    det = q1a * (s2 + b)
     return (true_mass * mass / (2.0 * math.pi)) / jnp.sqrt(jnp.maximum(det, _TINY))
-  q1a = jnp.maximum(q1a, _TINY)
-  return true_mass / jnp.sqrt(2.0 * math.pi * q1a) * g.smoothed(q2 - c**2 / q1a)
+  return true_mass / jnp.sqrt(2.0 * math.pi * q1a) * g.smoothed(s2)
 
 
 def naive_dot(c, q1, q2, a: float = 0.0):
@@ -104,6 +122,61 @@ def gauss_hermite_2d(f1, f2, c, q1, q2, deg: int = 40):
   u = jnp.sqrt(2.0 * q1s) * x
   v = cc * jnp.sqrt(2.0 / q1s) * x + jnp.sqrt(2.0 * cond) * y
   return jnp.sum(grid * f1(u) * f2(v), axis=(-2, -1))
+
+
+def gauss_hermite_2d_lean(f1, f2, c, q1, q2, deg: int = 40):
+  """E[f1(u) f2(v)], (u, v) ~ N(0, [[q1, c], [c, q2]]), 2-D Gauss-Hermite without grid arrays.
+
+  Same rule as ``gauss_hermite_2d`` (and NT's ``ElementwiseNumerical``), but f1 (the x1 side) is
+  evaluated once per ROW (u_i = sqrt(2 q1) x_i depends on q1 only), and the sum over the deg^2
+  nodes is a ``fori_loop`` over i with an unrolled, fused sum over j: memory O(entries), not
+  O(entries * deg^2) (NT materialises the (deg, deg, N1, N2) grid: 10 GB at N = 2,000, deg = 40).
+  v_ij = (c / q1) u_i + s y_j with s^2 = ``conditional_variance`` (no cancellation).
+  """
+  import jax
+
+  if int(deg) < 1:
+    raise ValueError(f"deg must be >= 1, got {deg}")
+  xs, ws = np.polynomial.hermite.hermgauss(int(deg))
+  c, q1, q2 = jnp.asarray(c), jnp.asarray(q1), jnp.asarray(q2)
+  dtype = jnp.result_type(c.dtype, q1.dtype, q2.dtype, jnp.float32)
+  q1s = jnp.maximum(q1, _TINY).astype(dtype)
+  w = jnp.asarray(ws / math.sqrt(math.pi), dtype)
+  x = jnp.asarray(xs, dtype)
+  f1_rows = f1(jnp.sqrt(2.0 * q1s)[None] * x.reshape((-1,) + (1,) * q1s.ndim))  # (deg, *q1.shape)
+  slope = c * jnp.sqrt(2.0 / q1s)  # v_ij = slope x_i + spread y_j
+  spread = jnp.sqrt(2.0 * conditional_variance(c, q1s, q2))
+  shape = jnp.broadcast_shapes(c.shape, q1.shape, q2.shape)
+
+  def body(i, acc):
+    base = slope * x[i]
+    inner = sum(w[j] * f2(base + spread * x[j]) for j in range(int(deg)))
+    return acc + w[i] * f1_rows[i] * inner
+
+  return jax.lax.fori_loop(0, int(deg), body, jnp.zeros(shape, dtype))
+
+
+def gaussian_surrogate_dot(df, c, q1, q2, mass: float, var: float, deg: int = 40):
+  """E[df(u) g(v)] for a Gaussian-type surrogate g = mass N(0, var): exact in v, 1-D in u.
+
+  Integrating v | u ~ N(c u / q1, s2) against g gives mass N(c u / q1; 0, var + s2), so
+  E = mass / sqrt(2 pi (var + s2)) * sum_k w_k df(u_k) exp(-x_k^2 c^2 / (q1 (var + s2))),
+  u_k = sqrt(2 q1) x_k (Gauss-Hermite, ``deg`` nodes). df(u_k) is evaluated per row; the sum is
+  one fused elementwise expression (no (deg, N1, N2) array).
+  """
+  if int(deg) < 1:
+    raise ValueError(f"deg must be >= 1, got {deg}")
+  xs, ws = np.polynomial.hermite.hermgauss(int(deg))
+  c, q1, q2 = jnp.asarray(c), jnp.asarray(q1), jnp.asarray(q2)
+  dtype = jnp.result_type(c.dtype, q1.dtype, q2.dtype, jnp.float32)
+  q1s = jnp.maximum(q1, _TINY).astype(dtype)
+  vs = var + conditional_variance(c, q1s, q2)
+  gamma = c * c / (q1s * vs)
+  us = jnp.sqrt(2.0 * q1s)
+  total = 0.0
+  for xk, wk in zip(xs, ws, strict=True):
+    total = total + (wk / math.sqrt(math.pi)) * df(us * xk) * jnp.exp(-(xk * xk) * gamma)
+  return mass / jnp.sqrt(2.0 * math.pi * vs) * total
 
 
 def gauss_hermite_1d(f, q, deg: int = 40):

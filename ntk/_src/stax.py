@@ -195,9 +195,13 @@ def Surrogate(
 ):
   """A general smooth activation ``fn`` with a surrogate derivative in the backward pass.
 
-  The NNGP E[fn(u) fn(v)] is ``nngp_fn(c, q1, q2)`` if given, else 2-D Gauss-Hermite quadrature;
-  the mixed kernel E[fn'(u) g(v)] is always 2-D Gauss-Hermite with ``deg`` nodes per axis
-  (accuracy depends on the smoothness of ``fn'`` and g; for jumps use ``SurrogateSign``).
+  The NNGP E[fn(u) fn(v)] is ``nngp_fn(c, q1, q2)`` if given, else 2-D Gauss-Hermite quadrature
+  (``deg`` nodes per axis, the rule of NT's ``ElementwiseNumerical``). The mixed kernel
+  E[fn'(u) g(v)] is exact in v and 1-D Gauss-Hermite in u when g is Gaussian-type (``erf``,
+  ``gaussian``: ``kernels.gaussian_surrogate_dot``), else 2-D Gauss-Hermite. Both quadratures
+  evaluate the true-activation side once per row and keep memory at O(entries)
+  (``kernels.gauss_hermite_2d_lean``); accuracy depends on the smoothness of fn' and g (for
+  jumps use ``SurrogateSign``).
 
   Args:
     fn: elementwise activation (jax-traceable).
@@ -215,12 +219,16 @@ def Surrogate(
   if true_grad is None:
     true_grad = jnp.vectorize(jax.grad(fn))
   if nngp_fn is None:
-    nngp = lambda c, q1, q2: _k.gauss_hermite_2d(fn, fn, c, q1, q2, deg)
+    nngp = lambda c, q1, q2: _k.gauss_hermite_2d_lean(fn, fn, c, q1, q2, deg)
   else:
     nngp = nngp_fn
   diag = lambda q: (
     nngp(q, q, q) if nngp_fn is not None else _k.gauss_hermite_1d(lambda u: fn(u) ** 2, q, deg)
   )
-  dot = lambda c, q1, q2: _k.gauss_hermite_2d(true_grad, g.grad, c, q1, q2, deg)
+  if g.gaussian is not None:
+    mass, var = g.gaussian
+    dot = lambda c, q1, q2: _k.gaussian_surrogate_dot(true_grad, c, q1, q2, mass, var, deg)
+  else:
+    dot = lambda c, q1, q2: _k.gauss_hermite_2d_lean(true_grad, g.grad, c, q1, q2, deg)
   name = f"Surrogate({getattr(fn, '__name__', fn)}, {g}, deg={deg})"
   return _make_layer(name, fn, true_grad, g, nngp, diag, dot)

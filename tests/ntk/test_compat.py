@@ -93,10 +93,22 @@ def test_monte_carlo_kernel_fn_matches_analytic():
   assert np.all(np.abs(est - exact) < 5 * se), (est - exact) / se
 
 
-@pytest.mark.parametrize("implementation", [1, 2])
-def test_empirical_ntk_fn_implementations(implementation):
-  x1, x2 = _x(3), _x(2, seed=1)
-  init_fn, apply_fn, _ = stax.serial(stax.Dense(16), stax.Erf(), stax.Dense(1))
+@pytest.mark.parametrize(
+  "net, implementation",
+  [("mlp", 1), ("mlp", 2), ("mlp", 3), ("mlp", 0), ("cnn", 3)],
+  ids=["mlp-jac", "mlp-ntvp", "mlp-structured", "mlp-auto", "cnn-structured"],
+)
+def test_empirical_ntk_fn_implementations(net, implementation):
+  """Every NT implementation (3 = structured derivatives, NT's default; 0 = AUTO) against an
+  explicit Jacobian product; the CNN exercises conv / reshape structure rules."""
+  if net == "mlp":
+    x1, x2 = _x(3), _x(2, seed=1)
+    layers = [stax.Dense(16), stax.Erf(), stax.Dense(1)]
+  else:
+    x1 = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 2))
+    x2 = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 4, 2))
+    layers = [stax.Conv(3, (2, 2)), stax.Relu(), stax.Flatten(), stax.Dense(1)]
+  init_fn, apply_fn, _ = stax.serial(*layers)
   _, params = init_fn(jax.random.PRNGKey(0), x1.shape)
   fn = jax.jit(nt.empirical_ntk_fn(apply_fn, vmap_axes=0, implementation=implementation))
   got = fn(x1, x2, params)
@@ -107,6 +119,124 @@ def test_empirical_ntk_fn_implementations(implementation):
   expect = flat(j1, 3) @ flat(j2, 2).T
   r, _ = tol(got.dtype)
   np.testing.assert_allclose(got, expect, rtol=10 * r, atol=10 * r * np.max(np.abs(expect)))
+
+
+# ------------------------------------------- the runtime patches of compat.py, one test each
+
+
+def _empirical():
+  import neural_tangents._src.empirical as empirical
+
+  return empirical
+
+
+def test_patch_list_is_applied_in_full():
+  empirical = _empirical()
+  names = [p[0] for p in ntk._compat.PATCHES]
+  assert names == ["jnp", "lu", "ad", "core", "_eqn_vjp_fn", "_write_cotangent", "_get_flops"]
+  ports = {"_eqn_vjp_fn", "_write_cotangent", "_get_flops"}
+  for name in ports:
+    assert getattr(empirical, name) is getattr(ntk._compat, name), name
+  # JAX itself is left alone: the removed names stay removed outside NT's empirical module.
+  assert not hasattr(jax.core, "DShapedArray")
+  assert not hasattr(jax.interpreters.ad, "source_info_util")
+
+
+def test_patch_jnp_size_of_shape_struct_and_dtype_of_array():
+  jnp_ = _empirical().jnp
+  assert jnp_.size(jax.ShapeDtypeStruct((3, 5, 2), jnp.float32)) == 30
+  assert jnp_.size(jnp.ones((2, 3)), 1) == 3
+  assert jnp_.dtype(jnp.ones(2, jnp.int32)) == np.dtype("int32")  # warnings are errors here
+  assert jnp_.dtype("float32") == np.dtype("float32")
+
+
+def test_patch_lu_wrap_init_supplies_debug_info():
+  wrapped = _empirical().lu.wrap_init(lambda a, b: (a * b,))  # no DeprecationWarning (= error)
+  assert wrapped.debug_info is not None
+  assert wrapped.call_wrapped(3.0, 4.0) == (12.0,)
+
+
+def test_patch_ad_linearize_matches_jvp():
+  empirical = _empirical()
+
+  def f(a, b):
+    return [jnp.sin(a) * b, jnp.ones(2)]  # second output does not depend on the inputs
+
+  a, b = jnp.array([0.3, -1.2]), jnp.array([2.0, 0.5])
+  fn = empirical.lu.wrap_init(f)
+  outs, pvals, jaxpr, consts = empirical.ad.linearize(fn, a, b)
+  assert_close(outs[0], jnp.sin(a) * b)
+  assert [p.is_known() for p in pvals] == [False, True]
+  ta, tb = jnp.array([1.0, 2.0]), jnp.array([-0.5, 0.25])
+  got = jax.core.eval_jaxpr(jaxpr, consts, ta, tb)
+  _, expect = jax.jvp(lambda a, b: jnp.sin(a) * b, (a, b), (ta, tb))
+  assert len(got) == 1
+  assert_close(got[0], expect)
+
+
+def _eqns(f, *args):
+  return jax.make_jaxpr(f)(*args).jaxpr
+
+
+def test_patch_core_read_primal():
+  from jax.interpreters.ad import UndefinedPrimal
+
+  empirical = _empirical()
+  jaxpr = _eqns(lambda x: x * 2.0, jnp.ones(3))
+  v = jaxpr.invars[0]
+  got = empirical._read_primal({}, v)
+  assert isinstance(got, UndefinedPrimal) and got.aval.shape == (3,)
+  assert empirical._read_primal({v: 7.0}, v) == 7.0
+
+
+@pytest.mark.parametrize(
+  "f",
+  [
+    lambda x: jax.lax.slice(x, (1,), (3,)),  # only an accumulator ("fancy") transpose in JAX 0.10
+    lambda x: x * jnp.array([1.0, 2.0, 3.0, 4.0]),  # mul: bilinear transpose
+    lambda x: jnp.array([[1.0, 2.0, 0.0, 1.0], [0.5, -1.0, 2.0, 3.0]]) @ x,  # dot_general
+  ],
+  ids=["slice", "mul", "dot_general"],
+)
+def test_patch_eqn_vjp_fn_matches_vjp(f):
+  from jax.interpreters.ad import UndefinedPrimal
+
+  empirical = _empirical()
+  x = jnp.array([0.5, -1.0, 2.0, 3.0])
+  closed = jax.make_jaxpr(f)(x)
+  (eqn,) = closed.jaxpr.eqns
+  env = dict(zip(closed.jaxpr.constvars, closed.consts, strict=True))
+  invals = [
+    UndefinedPrimal(v.aval)
+    if v is closed.jaxpr.invars[0]
+    else (v.val if type(v).__name__ == "Literal" else env[v])
+    for v in eqn.invars
+  ]
+  y, vjp = jax.vjp(f, x)
+  ct = jnp.arange(1.0, 1.0 + y.size).reshape(y.shape)
+  cts = empirical._eqn_vjp_fn(eqn, ct, *invals)
+  i = [k for k, v in enumerate(eqn.invars) if v is closed.jaxpr.invars[0]][0]
+  assert_close(cts[i], vjp(ct)[0])
+
+
+def test_patch_write_cotangent_accumulates_and_checks():
+  empirical = _empirical()
+  v = _eqns(lambda x: x, jnp.ones(3)).invars[0]
+  env = {}
+  with jax.enable_checks(True):
+    empirical._write_cotangent("p", env, v, jnp.ones(3))
+    empirical._write_cotangent("p", env, v, 2 * jnp.ones(3))
+    assert_close(env[v], 3 * jnp.ones(3))
+    with pytest.raises(AssertionError):
+      empirical._write_cotangent("p", {}, v, jnp.ones(4))
+
+
+def test_patch_get_flops_reads_cost_analysis_dict():
+  f = lambda a: a @ a.T
+  a = jnp.ones((8, 5))
+  flops = _empirical()._get_flops(f, True, a)
+  expect = jax.jit(f).lower(a).compile().cost_analysis()["flops"]
+  assert flops == expect and flops >= 2 * 8 * 8 * 5 - 8 * 8
 
 
 def test_predict_and_batch():

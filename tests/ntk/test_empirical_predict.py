@@ -54,11 +54,12 @@ def test_empirical_sg_ntk_is_j_times_surrogate_j():
 
   ref = reference(params, x1, x2)
   r, _ = tol(ref.dtype)
-  for implementation in (1, 2):
+  # 1 Jacobian contraction, 2 NTK-vector products, 3 structured derivatives, 0 AUTO.
+  for implementation in (1, 2, 3, 0):
     got = jax.jit(ntk.empirical_sg_ntk_fn(apply_fn, implementation=implementation))(x1, x2, params)
     np.testing.assert_allclose(got, ref, rtol=10 * r, atol=10 * r * float(jnp.max(jnp.abs(ref))))
   with pytest.raises(ValueError, match="implementation"):
-    ntk.empirical_sg_ntk_fn(apply_fn, implementation=3)
+    ntk.empirical_sg_ntk_fn(apply_fn, implementation=4)
   with pytest.raises(ValueError, match="feature shape"):
     ntk.empirical_sg_ntk_fn(apply_fn)(x1, x2[:, :2], params)
   _, _, kernel_fn = ntk.sg_mlp(4)
