@@ -9,11 +9,11 @@ from jaxsteer._src.distributed import ENV_COORDINATOR as ENV_COORDINATOR
 from jaxsteer._src.distributed import ENV_NUM_PROCESSES as ENV_NUM_PROCESSES
 from jaxsteer._src.distributed import ENV_PROCESS_ID as ENV_PROCESS_ID
 from jaxsteer._src.distributed import ProcessResult as ProcessResult
-from jaxsteer._src.distributed import to_host as to_host
 from jaxsteer._src.distributed import free_port as free_port
 from jaxsteer._src.distributed import global_mesh as global_mesh
 from jaxsteer._src.distributed import initialize as initialize
 from jaxsteer._src.distributed import launch as launch
+from jaxsteer._src.distributed import to_host as to_host
 from jaxsteer._src.mesh_rules import check_rules as check_rules
 
 __all__ = [

@@ -110,12 +110,11 @@ ig = attribution.contrastive(lm, [1, 5, 6, 7], [9, 10], [11], steps=4)
 res["ig_pos"], res["ig_neg"] = ig.scores_pos, ig.scores_neg
 pairs = [grains.Pair([1, 5, 6, 7, 8], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
 vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, progress=False)
-res["fit"] = np.asarray(vecs.vectors[2])
+res["fit"] = np.asarray(vecs.vectors[0])
 
 # -- PaCA and LoRA steps, data or fsdp across the processes; orbax checkpoint and resume ----------
 model = TinyLlama(CONFIGS["nano"])
 p0 = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-p0 = jax.tree.map(np.asarray, p0)
 toks = np.asarray(jax.random.randint(jax.random.key(2), (8, 9), 0, 64))
 batch = {"x": toks[:, :-1], "y": toks[:, 1:]}
 plan = paca_jax.select(p0, r".*_proj", 4, jax.random.key(1))
