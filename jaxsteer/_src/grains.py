@@ -45,6 +45,7 @@ from jaxsteer._src.attribution import (
   input_embeddings,
   pad_rows,
 )
+from jaxsteer._src.distributed import to_host
 from jaxsteer._src.models.lm import _apply
 from jaxsteer._src.models.modules import DecoderLayer
 
@@ -251,10 +252,8 @@ def _capture_variants(lm, rows, layers, mask_sets, mask_with, baseline, images):
         kind = "pad" if mask_with == "pad" else baseline
         base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
       x = jnp.where(jnp.asarray(drop)[..., None], base, emb)
-    out.append(
-      np.asarray(
-        capture_last(lm.module, f, lm.params, a, x, jnp.asarray(attn), last, tuple(layers))
-      )
+    out.append(  # to_host: the output may span processes (multi-process meshes)
+      to_host(capture_last(lm.module, f, lm.params, a, x, jnp.asarray(attn), last, tuple(layers)))
     )
   return out
 

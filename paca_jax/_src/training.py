@@ -32,6 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxsteer._src.mesh_rules import batch_spec, check_rules
 from paca_jax._src.models import lm_loss
 
 __all__ = [
@@ -45,8 +46,12 @@ __all__ = [
 ]
 
 # One table: logical axis name -> mesh axis (or tuple of axes, or None = replicated).
+# The batch is ("fsdp", "data"), not ("data", "fsdp"): with the parameter axis "fsdp" minor behind
+# "data", XLA's SPMD partitioner (jax 0.7.2 - 0.10.2) returns wrong weight gradients whenever
+# |fsdp| == |tensor| and |data| > 1, e.g. on (2, 2, 2) (docs/xla_spmd_bug.md); the Trainer
+# rejects tables with that pattern (jaxsteer._src.mesh_rules.check_rules).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-  ("batch", ("data", "fsdp")),
+  ("batch", ("fsdp", "data")),
   ("in", "fsdp"),
   ("out", "tensor"),
   ("vocab", "tensor"),
@@ -116,12 +121,8 @@ def tree_shardings(tree, mesh, rules=DEFAULT_RULES):
 
 
 def batch_sharding(batch, mesh, rules=DEFAULT_RULES):
-  return jax.tree.map(
-    lambda a: NamedSharding(
-      mesh, _spec(("batch",) + (None,) * (np.ndim(a) - 1), np.shape(a), mesh, rules)
-    ),
-    batch,
-  )
+  """Leading dimension on the ``batch`` mesh axes; raises ``ValueError`` if they do not divide it."""
+  return jax.tree.map(lambda a: NamedSharding(mesh, batch_spec(rules, mesh, np.shape(a))), batch)
 
 
 def make_mesh(shape: Sequence[int], names: Sequence[str] = ("data", "fsdp", "tensor")):
@@ -155,9 +156,15 @@ class Trainer:
     optimizer: an optax transformation over the trainable tree only.
     mesh: a ``Mesh``; None runs on the default device without explicit shardings.
     rules: the logical-axis rule table.
+
+  Raises:
+    ValueError: the mesh has an axis the rules do not know, or the rules put a parameter axis
+      minor in the batch tuple (the XLA SPMD bug, docs/xla_spmd_bug.md).
   """
 
   def __init__(self, method, loss_fn, optimizer, *, mesh=None, rules=DEFAULT_RULES):
+    if mesh is not None:
+      check_rules(rules, mesh)
     self.method = method
     self.loss_fn = loss_fn
     self.optimizer = optimizer

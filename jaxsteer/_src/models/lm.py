@@ -269,6 +269,15 @@ class LanguageModel:
   def _check_ids(self, input_ids, allow_empty=False):
     if isinstance(input_ids, jax.core.Tracer):
       return input_ids
+    if isinstance(input_ids, jax.Array) and not input_ids.is_fully_addressable:
+      # a global array spanning processes (multi-process): checked without gathering it
+      ids = input_ids
+      if ids.ndim != 2 or ids.dtype.kind not in "iu" or not ids.shape[1]:
+        raise ValueError(f"input_ids must be integer ids of shape (batch, length), got {ids.shape}")
+      lo, hi = (int(v) for v in jax.jit(lambda a: (a.min(), a.max()), out_shardings=None)(ids))
+      if lo < 0 or hi >= self.config.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}); got {lo}, {hi}")
+      return ids
     ids = np.asarray(input_ids)
     if ids.ndim == 1:
       ids = ids[None]

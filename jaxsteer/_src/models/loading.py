@@ -17,6 +17,7 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxsteer._src.mesh_rules import axes_of, batch_spec, check_rules
 from jaxsteer._src.models.config import ModelConfig
 from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
 
@@ -44,13 +45,17 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
   (r".*", ()),  # norms, class embedding, image_newline and remaining biases: replicated
 )
 
-# Logical axis -> mesh axis. Mesh axes missing from a mesh, or not dividing a dimension, replicate.
-DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+# Logical axis -> mesh axis (or tuple of mesh axes). Mesh axes missing from a mesh, or not dividing
+# a dimension, replicate. The batch is ("fsdp", "data"), parameter axis first: ("data", "fsdp")
+# makes XLA's SPMD partitioner reorder activation rows without undoing it when |fsdp| == |tensor|
+# and |data| > 1 (wrong gradients on a (2, 2, 2) mesh; docs/xla_spmd_bug.md). ``check_rules``
+# rejects that pattern before anything is placed.
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("vocab", "tensor"),
   ("embed", "fsdp"),
   ("heads", "tensor"),
   ("mlp", "tensor"),
-  ("batch", "data"),
+  ("batch", ("fsdp", "data")),
 )
 
 
@@ -63,17 +68,27 @@ def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
 
 def partition_spec(path: str, shape, mesh, rules=DEFAULT_RULES) -> PartitionSpec:
   table = dict(rules)
-  spec = []
+  spec, used = [], set()
   for dim, name in zip(shape, logical_axes(path, len(shape))):
-    axis = table.get(name) if name else None
-    if axis is None or axis not in mesh.shape or dim % mesh.shape[axis]:
-      axis = None
-    spec.append(axis if axis not in spec else None)
+    axes = tuple(a for a in axes_of(table.get(name) if name else None) if a in mesh.shape)
+    axes = tuple(a for a in axes if a not in used)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if not axes or dim % size:
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
   return PartitionSpec(*spec)
 
 
 def param_shardings(params, mesh, rules=DEFAULT_RULES):
-  """``NamedSharding`` for every leaf of a parameter tree, from the rule table."""
+  """``NamedSharding`` for every leaf of a parameter tree, from the rule table.
+
+  Raises:
+    ValueError: the mesh has an axis the rules do not know, or the rules hit the XLA SPMD bug
+      pattern (``jaxsteer._src.mesh_rules.check_rules``).
+  """
+  check_rules(rules, mesh)
   flat = traverse_util.flatten_dict(params, sep="/")
   out = {
     k: NamedSharding(mesh, partition_spec(k, np.shape(v), mesh, rules)) for k, v in flat.items()
@@ -81,11 +96,32 @@ def param_shardings(params, mesh, rules=DEFAULT_RULES):
   return traverse_util.unflatten_dict(out, sep="/")
 
 
+def batch_sharding(shape, mesh, rules=DEFAULT_RULES) -> NamedSharding:
+  """Sharding of an input array (ids, mask, embeddings) whose leading dimension is the batch.
+
+  Raises:
+    ValueError: the batch mesh axes do not divide the leading dimension.
+  """
+  return NamedSharding(mesh, batch_spec(rules, mesh, tuple(shape)))
+
+
+def shard_batch(x, mesh, rules=DEFAULT_RULES) -> jax.Array:
+  """``x`` placed with :func:`batch_sharding`. With several processes, ``x`` is this process's
+  global value (every process passes the same array); each device keeps only its rows."""
+  x = np.asarray(x) if not isinstance(x, jax.Array) else x
+  sh = batch_sharding(x.shape, mesh, rules)
+  if isinstance(x, jax.Array):
+    return jax.device_put(x, sh)
+  return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
+
+
 def place(arrays: dict[str, np.ndarray], dtype, mesh=None, rules=DEFAULT_RULES):
   """Turns a flat ``{path: numpy view}`` into a parameter tree of jax arrays.
 
   With a mesh, each device's shard is read from the (memory-mapped) view by itself.
   """
+  if mesh is not None:
+    check_rules(rules, mesh)
   out = {}
   for path, view in arrays.items():
     target = np.dtype(dtype) if dtype is not None else view.dtype

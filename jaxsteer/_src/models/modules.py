@@ -21,7 +21,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxsteer._src.models.config import ModelConfig, rope_inv_freq
 
@@ -86,6 +85,15 @@ def apply_rope(x, positions, inv_freq):
   return (xf * cos + rot * sin).astype(x.dtype)
 
 
+def attention_mask(q_pos, k_pos, kv_mask, sliding_window=None):
+  """Boolean attention mask (B, 1, T, S): causal by absolute slot, key padding, sliding window."""
+  allowed = k_pos[:, None, :] <= q_pos[:, :, None]
+  if sliding_window is not None:
+    allowed &= k_pos[:, None, :] > q_pos[:, :, None] - sliding_window
+  allowed &= kv_mask[:, None, :].astype(bool)
+  return allowed[:, None]
+
+
 def attention_weights_bias(q_pos, k_pos, kv_mask, sliding_window=None):
   """Additive attention bias (B, 1, 1, T, S): causal by absolute slot, key padding, sliding window."""
   allowed = k_pos[:, None, :] <= q_pos[:, :, None]
@@ -96,11 +104,17 @@ def attention_weights_bias(q_pos, k_pos, kv_mask, sliding_window=None):
 
 
 class Attention(nn.Module):
-  """Multi-head / grouped-query self-attention with RoPE (Llama family) or without (GPT-2)."""
+  """Multi-head / grouped-query self-attention with RoPE (Llama family) or without (GPT-2).
+
+  Scores and softmax go through ``jax.nn.dot_product_attention``; ``implementation`` is its
+  ``implementation`` argument: ``None`` (XLA, or cuDNN where JAX picks it), ``"xla"`` or
+  ``"cudnn"`` (GPU, fp16/bf16 only).
+  """
 
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  implementation: str | None = None
 
   @nn.compact
   def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
@@ -132,13 +146,13 @@ class Attention(nn.Module):
       k, v = ck.value, cv.value
       k_slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (b, length))
 
-    bias = attention_weights_bias(slots, k_slots, kv_mask, cfg.sliding_window)
-    g = h // kvh
-    qg = q.reshape(b, t, kvh, g, dh)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / np.sqrt(dh)) + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * dh)
+    # Causality by absolute slot, key padding and the sliding window all live in one boolean mask
+    # (B, 1, T, S): with a KV cache the query's slot is not its row index, so jax.nn's
+    # ``is_causal`` / ``local_window_size`` (relative to row indices) would be wrong there.
+    allowed = attention_mask(slots, k_slots, kv_mask, cfg.sliding_window)
+    out = jax.nn.dot_product_attention(
+      q, k.astype(q.dtype), v.astype(q.dtype), mask=allowed, implementation=self.implementation
+    ).reshape(b, t, h * dh)
     return _dense(cfg.hidden_size, cfg.attention_out_bias, self.dtype, self.param_dtype, "o_proj")(
       out
     )
@@ -171,6 +185,7 @@ class DecoderLayer(nn.Module):
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attn_implementation: str | None = None
 
   @nn.compact
   def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
@@ -178,7 +193,8 @@ class DecoderLayer(nn.Module):
     norm = LayerNorm if cfg.is_gpt2 else RMSNorm
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = norm(cfg.norm_eps, name="input_norm", **kw)(x)
-    x = x + Attention(cfg, name="attn", **kw)(h, positions, slots, kv_mask, decode)
+    attn = Attention(cfg, name="attn", implementation=self.attn_implementation, **kw)
+    x = x + attn(h, positions, slots, kv_mask, decode)
     h = norm(cfg.norm_eps, name="post_attention_norm", **kw)(x)
     return x + MLP(cfg, name="mlp", **kw)(h)
 
@@ -196,6 +212,7 @@ class CausalLM(nn.Module):
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attn_implementation: str | None = None  # jax.nn.dot_product_attention: None, "xla", "cudnn"
 
   def setup(self):
     cfg = self.config
@@ -210,7 +227,10 @@ class CausalLM(nn.Module):
         embedding_init=nn.initializers.normal(0.01),
         **kw,
       )
-    self.layers = [DecoderLayer(cfg, name=f"layers_{i}", **kw) for i in range(cfg.num_layers)]
+    self.layers = [
+      DecoderLayer(cfg, name=f"layers_{i}", attn_implementation=self.attn_implementation, **kw)
+      for i in range(cfg.num_layers)
+    ]
     self.norm = (LayerNorm if cfg.is_gpt2 else RMSNorm)(cfg.norm_eps, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, False, self.dtype, self.param_dtype, "lm_head")
