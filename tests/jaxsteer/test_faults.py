@@ -400,3 +400,67 @@ def test_overlong_prompt_is_refused_before_tokenising(stories260k):
     assert calls == [16]
   finally:
     del tok.encode
+
+
+def test_cli_eval_keeps_generations_records_judge_errors_and_resumes(
+  serve, monkeypatch, tmp_path, capsys
+):
+  """Row 4 through ``python -m jaxsteer eval mmhal``: a failing judge loses no generation, its
+  errors are recorded per item, and the same command resumes (a fake VLM: no compute)."""
+  from PIL import Image
+
+  from jaxsteer._src import cli
+
+  mm = tmp_path / "mmhal"
+  (mm / "images").mkdir(parents=True)
+  rows = []
+  for i in range(2):
+    Image.new("RGB", (4, 4), (i * 100, 0, 0)).save(mm / "images" / f"im{i}.png")
+    rows.append(
+      dict(question_type="attribute", question_topic="t", image_id=f"im{i}", image_src="x",
+           image_content=["Cat"], question=f"What is {i}?", gt_answer="A cat.")
+    )  # fmt: skip
+  (mm / "response_template.json").write_text(json.dumps(rows))
+
+  class FakeVLM:
+    encode_multimodal, calls = None, []
+
+    def chat_prompt(self, q):
+      return q
+
+    def generate(self, prompt, image=None, max_new_tokens=0):
+      self.calls.append(prompt)
+      return "A cat."
+
+  vlm = FakeVLM()
+  monkeypatch.setattr(cli, "_load_model", lambda args: vlm)
+  state = {"status": 500}
+
+  def judge(conn, n, s):
+    if state["status"] == 200:
+      conn.sendall(reply(200, chat("Rating: 5")))
+    else:
+      conn.sendall(reply(state["status"], b"overloaded"))
+
+  srv = serve(judge, limit=20)
+  out = tmp_path / "report.json"
+  argv = ["eval", "mmhal", "--model", "fake", "--data", mm, "--judge", "llm", "--judge-url"]
+  argv += [srv.url, "--judge-model", "j", "--judge-retries", "0", "--no-progress"]
+  argv = [str(a) for a in argv]
+  assert cli.main([*argv, "--out", str(out)]) == 0
+  cap = capsys.readouterr()
+  res = json.loads(cap.out)
+  assert "2 judgements failed" in cap.err and "run the same command again" in cap.err
+  assert res["judge_errors"] == 2 and res["methods"]["unsteered"]["n"] == 0
+  assert len(vlm.calls) == 2
+  recs = json.loads(out.read_text())["records"]["unsteered"]
+  assert all("HTTP 500: overloaded" in r["error"] for r in recs)
+  state["status"] = 200
+  assert cli.main([*argv, "--out", str(out)]) == 0
+  res = json.loads(capsys.readouterr().out)
+  assert len(vlm.calls) == 2  # nothing generated again
+  assert res["judge_errors"] == 0 and res["methods"]["unsteered"]["mean_score"] == 5
+  state["status"] = 503  # without --out the first failure ends the run: one line, exit 2
+  assert cli.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and "HTTP 503" in lines[0]
