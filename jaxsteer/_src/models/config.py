@@ -5,20 +5,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
-# Architectures that `ModelConfig.from_hf` understands, keyed by HF `model_type`.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gpt2")
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Static description of a causal LM (hashable, so it can be a jit static argument).
 
+  One flat dataclass serves every text architecture of the registry
+  (``jaxsteer._src.models.registry``); each architecture's parser fills the fields it uses.
+
   Attributes:
-    arch: one of ``SUPPORTED_ARCHITECTURES``.
+    arch: a registered text ``model_type`` (``SUPPORTED_ARCHITECTURES``).
     vocab_size: number of token ids.
     hidden_size: residual-stream width D.
     intermediate_size: MLP width F.
@@ -28,15 +29,31 @@ class ModelConfig:
     head_dim: width of one head.
     max_position_embeddings: the context length.
     norm_eps: epsilon of RMSNorm / LayerNorm.
-    rope_theta: RoPE base (Llama family).
-    rope_scaling: RoPE scaling as a sorted tuple of ``(key, value)`` pairs (``rope_type`` ``default``,
-      ``linear`` or ``llama3``), or ``None``.
+    rope_theta: RoPE base (of the global layers where local and global bases differ).
+    rope_scaling: RoPE scaling as a sorted tuple of ``(key, value)`` pairs (``rope_type``
+      ``linear``, ``llama3`` or ``longrope``; list values become tuples), or ``None``.
     tie_word_embeddings: the output projection is the transposed input embedding.
     attention_bias: biases on q/k/v (Qwen2, GPT-2).
     attention_out_bias: bias on the output projection (GPT-2).
     mlp_bias: biases in the MLP (GPT-2).
-    sliding_window: Mistral's local attention window, or ``None``.
+    sliding_window: local attention window (of every layer, or of the ``sliding_attention``
+      layers of ``layer_types``), or ``None``.
     bos_token_id, eos_token_id, pad_token_id: special ids (``None`` where absent).
+    eos_token_ids: every id that ends a generated row (``eos_token_id`` first; Llama 3 instruct
+      models have several).
+    hidden_act: MLP activation (``silu``; ``gelu_pytorch_tanh`` for Gemma's GeGLU; ``gelu_new``).
+    qk_norm: RMSNorm of each query and key head before RoPE (Qwen3, Gemma 3).
+    norm_plus_one: RMSNorm multiplies by ``1 + w`` in float32 (Gemma).
+    sandwich_norms: norms after attention and after the MLP too (Gemma 2/3).
+    scale_embeddings: token embeddings are multiplied by ``sqrt(hidden_size)`` (Gemma).
+    query_pre_attn_scalar: attention scores scale as ``1 / sqrt(this)`` instead of
+      ``1 / sqrt(head_dim)`` (Gemma).
+    attn_logit_softcapping: ``cap * tanh(score / cap)`` on attention scores (Gemma 2).
+    final_logit_softcapping: the same on the output logits (Gemma 2).
+    layer_types: per layer ``"sliding_attention"`` or ``"full_attention"``; ``None``: every layer
+      uses ``sliding_window`` (if any).
+    rope_local_theta: RoPE base of the sliding layers (Gemma 3; unscaled), or ``None``.
+    partial_rotary_factor: fraction of each head that RoPE rotates (Phi-3 family).
   """
 
   arch: str
@@ -59,119 +76,256 @@ class ModelConfig:
   bos_token_id: int | None = 1
   eos_token_id: int | None = 2
   pad_token_id: int | None = None
+  eos_token_ids: tuple[int, ...] = ()
+  hidden_act: str = "silu"
+  qk_norm: bool = False
+  norm_plus_one: bool = False
+  sandwich_norms: bool = False
+  scale_embeddings: bool = False
+  query_pre_attn_scalar: float | None = None
+  attn_logit_softcapping: float | None = None
+  final_logit_softcapping: float | None = None
+  layer_types: tuple[str, ...] | None = None
+  rope_local_theta: float | None = None
+  partial_rotary_factor: float = 1.0
 
   def __post_init__(self):
-    if self.arch not in SUPPORTED_ARCHITECTURES:
-      raise ValueError(
-        f"unknown architecture {self.arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-      )
+    from jaxsteer._src.models import registry  # the registry imports this module
+
+    known = registry.text_architectures()
+    if self.arch not in known:
+      raise ValueError(f"unknown architecture {self.arch!r}; supported: {', '.join(known)}")
     for name in (
       "vocab_size",
       "hidden_size",
+      "intermediate_size",
       "num_layers",
       "num_heads",
       "num_kv_heads",
       "head_dim",
-      "intermediate_size",
       "max_position_embeddings",
     ):
       v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
-        raise ValueError(f"config field {name} must be a positive integer, got {v!r}")
+      if not _is_int(v):
+        raise ValueError(f"config field {name} must be an integer, got {v!r} ({type(v).__name__})")
+      if v <= 0:
+        raise ValueError(f"config field {name} must be positive, got {v}")
+    for name in ("sliding_window", "bos_token_id", "eos_token_id", "pad_token_id"):
+      v = getattr(self, name)
+      if v is not None and not _is_int(v):
+        raise ValueError(f"config field {name} must be an integer or null, got {v!r}")
+    for name in ("norm_eps", "rope_theta", "partial_rotary_factor"):
+      v = getattr(self, name)
+      if not _is_number(v) or v <= 0:
+        raise ValueError(f"config field {name} must be a positive number, got {v!r}")
     if self.num_heads % self.num_kv_heads:
       raise ValueError(
         f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
       )
+    if self.sliding_window is not None and self.sliding_window <= 0:
+      raise ValueError(f"sliding_window must be positive, got {self.sliding_window}")
+    if self.layer_types is not None:
+      if len(self.layer_types) != self.num_layers:
+        raise ValueError(
+          f"layer_types has {len(self.layer_types)} entries for {self.num_layers} layers"
+        )
+      bad = sorted(set(self.layer_types) - set(LAYER_TYPES))
+      if bad:
+        raise ValueError(f"unknown layer_types {bad}; supported: {', '.join(LAYER_TYPES)}")
+      if "sliding_attention" in self.layer_types and self.sliding_window is None:
+        raise ValueError("layer_types has sliding_attention layers but sliding_window is null")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(
+        f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
+      )
+    rot = self.rotary_dim
+    if rot % 2 or not 0 < rot <= self.head_dim:
+      raise ValueError(
+        f"partial_rotary_factor {self.partial_rotary_factor} gives {rot} rotary dims of a "
+        f"{self.head_dim}-wide head (need an even number in (0, head_dim])"
+      )
+    s = self.rope_scaling_dict
+    if s is not None and s.get("rope_type") == "longrope":
+      for key in ("short_factor", "long_factor"):
+        if len(s.get(key, ())) != rot // 2:
+          raise ValueError(
+            f"longrope {key} has {len(s.get(key, ()))} entries; the {rot} rotary dims need "
+            f"{rot // 2}"
+          )
 
   @property
   def is_gpt2(self) -> bool:
     return self.arch == "gpt2"
 
   @property
+  def rotary_dim(self) -> int:
+    return int(self.head_dim * self.partial_rotary_factor)
+
+  @property
   def rope_scaling_dict(self) -> dict[str, Any] | None:
     return None if self.rope_scaling is None else dict(self.rope_scaling)
 
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    """Every id that ends a generated row (``eos_token_ids``, else ``(eos_token_id,)``)."""
+    if self.eos_token_ids:
+      return tuple(self.eos_token_ids)
+    return () if self.eos_token_id is None else (self.eos_token_id,)
+
+  def layer_is_sliding(self, i: int) -> bool:
+    if self.sliding_window is None:
+      return False
+    return self.layer_types is None or self.layer_types[i] == "sliding_attention"
+
   @classmethod
   def from_hf(cls, hf: dict[str, Any]) -> ModelConfig:
-    """Builds a config from a Hugging Face ``config.json`` dictionary (transformers 4 or 5)."""
-    model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_ARCHITECTURES:
-      raise ValueError(
-        f"unknown architecture model_type={model_type!r} in config.json; "
-        f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-      )
-    if model_type == "gpt2":
-      d = hf["n_embd"]
-      h = hf["n_head"]
-      return cls(
-        arch="gpt2",
-        vocab_size=hf["vocab_size"],
-        hidden_size=d,
-        intermediate_size=hf.get("n_inner") or 4 * d,
-        num_layers=hf["n_layer"],
-        num_heads=h,
-        num_kv_heads=h,
-        head_dim=d // h,
-        max_position_embeddings=hf["n_positions"],
-        norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        tie_word_embeddings=hf.get("tie_word_embeddings", True),
-        attention_bias=True,
-        attention_out_bias=True,
-        mlp_bias=True,
-        bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=_first(hf.get("eos_token_id")),
-        pad_token_id=hf.get("pad_token_id"),
-      )
-    d = hf["hidden_size"]
-    h = hf["num_attention_heads"]
-    kv = hf.get("num_key_value_heads") or h
-    head_dim = hf.get("head_dim") or d // h
-    # transformers 5 keeps RoPE settings in `rope_parameters`; transformers 4 in
-    # `rope_theta` + `rope_scaling`.
-    rope = dict(hf.get("rope_parameters") or {})
-    scaling = hf.get("rope_scaling")
-    if scaling:
-      rope.update(scaling)
-    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    rope.pop("type", None)
-    rope["rope_type"] = rope_type
-    if rope_type not in ("default", "linear", "llama3"):
-      raise ValueError(f"unsupported rope_type {rope_type!r} (supported: default, linear, llama3)")
-    factor = rope.get("factor")
-    if rope_type != "default" and (
-      isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not factor > 0
-    ):
-      raise ValueError(f"rope_type {rope_type!r} needs a positive number 'factor', got {factor!r}")
-    rope_scaling = None if rope_type == "default" else tuple(sorted(rope.items()))
-    sliding = hf.get("sliding_window") if model_type == "mistral" else None
-    if model_type == "qwen2" and hf.get("use_sliding_window"):
-      raise ValueError("Qwen2 with use_sliding_window=True is not supported")
-    return cls(
-      arch=model_type,
-      vocab_size=hf["vocab_size"],
-      hidden_size=d,
-      intermediate_size=hf["intermediate_size"],
-      num_layers=hf["num_hidden_layers"],
-      num_heads=h,
-      num_kv_heads=kv,
-      head_dim=head_dim,
-      max_position_embeddings=hf.get("max_position_embeddings", 2048),
-      norm_eps=hf.get("rms_norm_eps", 1e-6),
-      rope_theta=float(theta),
-      rope_scaling=rope_scaling,
-      tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      attention_bias=bool(hf.get("attention_bias", model_type == "qwen2")),
-      mlp_bias=bool(hf.get("mlp_bias", False)),
-      sliding_window=sliding,
-      bos_token_id=_first(hf.get("bos_token_id")),
-      eos_token_id=_first(hf.get("eos_token_id")),
-      pad_token_id=_first(hf.get("pad_token_id")),
-    )
+    """Builds a config from a HF ``config.json`` dict (transformers 4 or 5) via the registry."""
+    from jaxsteer._src.models import registry
+
+    return registry.text_config(hf)
 
   @classmethod
   def from_json(cls, path: str | pathlib.Path) -> ModelConfig:
     return config_from_json(cls, path)
+
+
+LAYER_TYPES = ("sliding_attention", "full_attention")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool)
+
+
+_MISSING = object()
+
+
+def hf_int(hf: dict[str, Any], key: str, default=_MISSING) -> int | None:
+  """``hf[key]`` as an int; a clear ValueError when missing (without default) or not an integer."""
+  if key not in hf or hf[key] is None:
+    if default is _MISSING:
+      raise ValueError(f"config lacks the field {key!r}")
+    return default
+  v = hf[key]
+  if isinstance(v, float) and v.is_integer():
+    v = int(v)
+  if not _is_int(v):
+    raise ValueError(f"config field {key} must be an integer, got {v!r} ({type(v).__name__})")
+  return int(v)
+
+
+def hf_float(hf: dict[str, Any], key: str, default=_MISSING) -> float | None:
+  if key not in hf or hf[key] is None:
+    if default is _MISSING:
+      raise ValueError(f"config lacks the field {key!r}")
+    return default
+  v = hf[key]
+  if not _is_number(v):
+    raise ValueError(f"config field {key} must be a number, got {v!r} ({type(v).__name__})")
+  return float(v)
+
+
+def hf_ids(x) -> tuple[int, ...]:
+  """A special-token field (an id, a list of ids or null) as a tuple of ints."""
+  if x is None:
+    return ()
+  items = x if isinstance(x, list | tuple) else [x]
+  for v in items:
+    if not _is_int(v):
+      raise ValueError(f"special token ids must be integers, got {x!r}")
+  return tuple(int(v) for v in items)
+
+
+def parse_rope(hf: dict[str, Any], default_theta: float = 10000.0, params=None):
+  """``(theta, rope_scaling, partial_rotary_factor)`` from either config form.
+
+  transformers 5 keeps RoPE settings in ``rope_parameters``; transformers 4 in ``rope_theta`` +
+  ``rope_scaling`` (``type`` or ``rope_type``; Phi-3's ``su`` is ``longrope``).
+  """
+  rope = dict(hf.get("rope_parameters") or {}) if params is None else dict(params)
+  scaling = hf.get("rope_scaling") if params is None else None
+  if scaling is not None and not isinstance(scaling, dict):
+    raise ValueError(f"rope_scaling must be an object or null, got {scaling!r}")
+  if scaling:
+    rope.update(scaling)
+  theta = rope.pop("rope_theta", hf.get("rope_theta", default_theta))
+  if not _is_number(theta) or theta <= 0:
+    raise ValueError(f"rope_theta must be a positive number, got {theta!r}")
+  rope_type = rope.pop("type", None) or rope.get("rope_type") or "default"
+  if rope_type == "su":
+    rope_type = "longrope"
+  rope["rope_type"] = rope_type
+  if rope_type not in ROPE_TYPES:
+    raise ValueError(f"unsupported rope_type {rope_type!r} (supported: {', '.join(ROPE_TYPES)})")
+  partial = rope.pop("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+  if rope_type == "default":
+    return float(theta), None, float(partial)
+  if rope_type == "longrope":
+    orig = rope.get("original_max_position_embeddings") or hf.get(
+      "original_max_position_embeddings"
+    )
+    if not _is_int(orig):
+      raise ValueError("longrope needs an integer original_max_position_embeddings")
+    rope["original_max_position_embeddings"] = int(orig)
+    if rope.get("factor") is None:
+      rope["factor"] = hf_int(hf, "max_position_embeddings") / int(orig)
+  elif not _is_number(rope.get("factor")) or not rope["factor"] > 0:
+    raise ValueError(
+      f"rope_type {rope_type!r} needs a positive number 'factor', got {rope.get('factor')!r}"
+    )
+  items = []
+  for k, v in rope.items():
+    if v is None:
+      continue
+    items.append((k, tuple(float(x) for x in v) if isinstance(v, list | tuple) else v))
+  return float(theta), tuple(sorted(items)), float(partial)
+
+
+def decoder_fields(
+  hf: dict[str, Any], model_type: str, *, default_theta: float = 10000.0, **defaults
+) -> dict[str, Any]:
+  """The fields every Llama-like ``config.json`` shares, type-checked (``ModelConfig`` kwargs)."""
+  hf = {**defaults, **{k: v for k, v in hf.items() if v is not None or k not in defaults}}
+  d = hf_int(hf, "hidden_size")
+  h = hf_int(hf, "num_attention_heads")
+  kv = hf_int(hf, "num_key_value_heads", h)
+  head_dim = hf_int(hf, "head_dim", None)
+  if head_dim is None:
+    if h <= 0 or d % h:
+      raise ValueError(
+        f"hidden_size ({d}) is not a multiple of num_attention_heads ({h}) and the config "
+        "gives no head_dim"
+      )
+    head_dim = d // h
+  theta, scaling, partial = parse_rope(hf, default_theta)
+  eos = hf_ids(hf.get("eos_token_id"))
+  return dict(
+    arch=model_type,
+    vocab_size=hf_int(hf, "vocab_size"),
+    hidden_size=d,
+    intermediate_size=hf_int(hf, "intermediate_size"),
+    num_layers=hf_int(hf, "num_hidden_layers"),
+    num_heads=h,
+    num_kv_heads=kv,
+    head_dim=head_dim,
+    max_position_embeddings=hf_int(hf, "max_position_embeddings", 2048),
+    norm_eps=hf_float(hf, "rms_norm_eps", 1e-6),
+    rope_theta=theta,
+    rope_scaling=scaling,
+    partial_rotary_factor=partial,
+    tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+    attention_bias=bool(hf.get("attention_bias", False)),
+    mlp_bias=bool(hf.get("mlp_bias", False)),
+    bos_token_id=_first(hf_ids(hf.get("bos_token_id"))),
+    eos_token_id=_first(eos),
+    eos_token_ids=eos,
+    pad_token_id=_first(hf_ids(hf.get("pad_token_id"))),
+  )
 
 
 def config_from_json(cls, path: str | pathlib.Path):
@@ -193,8 +347,8 @@ def config_from_json(cls, path: str | pathlib.Path):
     return cls.from_hf(hf)
   except KeyError as e:
     raise ValueError(f"config.json at {path} lacks the field {e}") from None
-  except TypeError as e:  # a field of the wrong type not caught above
-    raise ValueError(f"config.json at {path} has a field of the wrong type ({e})") from None
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.json at {path}: {e}") from None
 
 
 # Integer fields of HF configs (Llama family and GPT-2 names), checked before use.
@@ -221,18 +375,42 @@ def _first(x):
   return x
 
 
-def rope_inv_freq(config: ModelConfig):
-  """Inverse RoPE frequencies (numpy float64), with ``linear`` or ``llama3`` scaling applied."""
-  import numpy as np
+class RopeSpec(NamedTuple):
+  """RoPE of one layer: inverse frequencies (numpy float64) and the cos/sin factor.
 
-  dim = config.head_dim
-  inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float64) / dim))
-  s = config.rope_scaling_dict
+  ``long_inv_freq`` (longrope only) replaces ``inv_freq`` when a forward pass reaches beyond
+  ``original_max_position_embeddings`` (transformers decides per call from the largest position).
+  """
+
+  inv_freq: Any
+  long_inv_freq: Any = None
+  original_max: int | None = None
+  attention_factor: float = 1.0
+
+
+def rope_spec(config: ModelConfig, layer: int = 0) -> RopeSpec:
+  """The RoPE of decoder layer ``layer`` (local layers of Gemma 3 use their own, unscaled base)."""
+  dim = config.rotary_dim
+  exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float64) / dim
+  local = config.rope_local_theta is not None and config.layer_is_sliding(layer)
+  theta = config.rope_local_theta if local else config.rope_theta
+  inv = 1.0 / (theta**exponents)
+  s = None if local else config.rope_scaling_dict
   if s is None:
-    return inv
-  if s["rope_type"] == "linear":
-    return inv / float(s["factor"])
-  # llama3: Meta's wavelength-dependent interpolation (Llama 3.1).
+    return RopeSpec(inv)
+  kind = s["rope_type"]
+  if kind == "linear":
+    return RopeSpec(inv / float(s["factor"]))
+  if kind == "longrope":
+    orig = int(s["original_max_position_embeddings"])
+    factor = float(s["factor"])
+    att = s.get("attention_factor")
+    if att is None:
+      att = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    short = 1.0 / (np.asarray(s["short_factor"], np.float64) * theta**exponents)
+    long = 1.0 / (np.asarray(s["long_factor"], np.float64) * theta**exponents)
+    return RopeSpec(short, long, orig, float(att))
+  # llama3: Meta's wavelength-dependent interpolation (Llama 3.1 / 3.2).
   factor = float(s["factor"])
   low = float(s.get("low_freq_factor", 1.0))
   high = float(s.get("high_freq_factor", 4.0))
@@ -244,4 +422,9 @@ def rope_inv_freq(config: ModelConfig):
   smooth = (old_ctx / wavelen - low) / (high - low)
   smoothed = (1 - smooth) * out / factor + smooth * out
   medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-  return np.where(medium, smoothed, out)
+  return RopeSpec(np.where(medium, smoothed, out))
+
+
+def rope_inv_freq(config: ModelConfig, layer: int = 0):
+  """Inverse RoPE frequencies (numpy float64) of ``layer``, with scaling applied."""
+  return rope_spec(config, layer).inv_freq

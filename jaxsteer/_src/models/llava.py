@@ -44,12 +44,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxsteer._src.models import loading
+from jaxsteer._src.models import loading, registry
 from jaxsteer._src.models.config import ModelConfig, config_from_json
 from jaxsteer._src.models.lm import (
   LanguageModel,
   _apply,
-  _make_tokenizer,
   _strip,
 )
 from jaxsteer._src.models.modules import CausalLM
@@ -547,84 +546,82 @@ def expected_shapes(cfg: LlavaConfig) -> dict[str, tuple[int, ...]]:
 # HF checkpoint layout -> Flax layout.
 
 
-def _find(ckpt, candidates, probe, what):
-  for p in candidates:
-    if p + probe in ckpt:
-      return p
-  raise ValueError(
-    f"checkpoint lacks the {what} (looked for {', '.join(repr(c + probe) for c in candidates)})"
-  )
-
-
-def llava_arrays(ckpt: SafetensorsCheckpoint, cfg: LlavaConfig) -> dict[str, np.ndarray]:
-  """Maps a LLaVA safetensors checkpoint to ``Llava``'s parameter paths (lazy numpy views).
+def llava_weights(cfg: LlavaConfig, names=None) -> registry.WeightMap:
+  """HF <-> ``Llava`` entries; ``names`` (the checkpoint's) pick among the naming variants.
 
   Accepts transformers 5 names (``model.vision_tower.``, ``model.multi_modal_projector.``,
   ``model.language_model.``, ``lm_head.weight``), the transformers-4 names of the published
   llava-hf checkpoints (``vision_tower.vision_model.``, ``multi_modal_projector.``,
-  ``language_model.model.``, ``language_model.lm_head.weight``) and mixtures of the two.
+  ``language_model.model.``, ``language_model.lm_head.weight``) and mixtures of the two;
+  ``names=None`` gives the names transformers 5's ``save_pretrained`` writes (the llava-hf
+  layout). The vision tower's ``post_layernorm`` is unused by LLaVA and not mapped.
   """
-  need = loading._need(ckpt)
-  text_prefix = _find(
-    ckpt,
-    ("model.language_model.", "language_model.model.", "model.language_model.model."),
+  T = registry.Tensor
+  text_prefix = registry.pick_prefix(
+    names,
+    ("language_model.model.", "model.language_model.", "model.language_model.model."),
     "embed_tokens.weight",
     "language model tensors",
   )
-  lm_head = next(
-    (n for n in ("lm_head.weight", "language_model.lm_head.weight") if n in ckpt),
-    "lm_head.weight",
-  )
-  out = {
-    f"language_model/{k}": v
-    for k, v in loading.hf_arrays(ckpt, cfg.text, prefix=text_prefix, lm_head=lm_head).items()
-  }
-  v = _find(
-    ckpt,
+  lm_head = "language_model.lm_head.weight"
+  if names is not None:
+    lm_head = next(
+      (n for n in ("lm_head.weight", "language_model.lm_head.weight") if n in names),
+      "lm_head.weight",
+    )
+  text = registry.get(cfg.text.arch).weights(cfg.text, names, prefix=text_prefix, lm_head=lm_head)
+  out = [dataclasses.replace(e, flax=tuple(f"language_model/{p}" for p in e.flax)) for e in text]
+  v = registry.pick_prefix(
+    names,
     (
+      "vision_tower.",
+      "vision_tower.vision_model.",
       "model.vision_tower.vision_model.",
       "model.vision_tower.",
-      "vision_tower.vision_model.",
-      "vision_tower.",
     ),
     "embeddings.class_embedding",
     "vision tower tensors",
   )
   q = "vision_tower/"
-  out[q + "embeddings/class_embedding"] = need(v + "embeddings.class_embedding")
-  # Conv2d (out, in, kh, kw) -> Flax (kh, kw, in, out).
-  out[q + "embeddings/patch_embedding/kernel"] = need(
-    v + "embeddings.patch_embedding.weight"
-  ).transpose(2, 3, 1, 0)
-  out[q + "embeddings/position_embedding/embedding"] = need(
-    v + "embeddings.position_embedding.weight"
-  )
-  out[q + "pre_layrnorm/scale"] = need(v + "pre_layrnorm.weight")
-  out[q + "pre_layrnorm/bias"] = need(v + "pre_layrnorm.bias")
+  out += [
+    T(v + "embeddings.class_embedding", (q + "embeddings/class_embedding",)),
+    T(
+      v + "embeddings.patch_embedding.weight", (q + "embeddings/patch_embedding/kernel",), "conv2d"
+    ),
+    T(v + "embeddings.position_embedding.weight", (q + "embeddings/position_embedding/embedding",)),
+    T(v + "pre_layrnorm.weight", (q + "pre_layrnorm/scale",)),
+    T(v + "pre_layrnorm.bias", (q + "pre_layrnorm/bias",)),
+  ]
   for i in range(cfg.vision.num_layers):
     p, r = f"{v}encoder.layers.{i}.", f"{q}encoder_layers_{i}/"
     for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-      out[f"{r}self_attn/{proj}/kernel"] = need(f"{p}self_attn.{proj}.weight").T
-      out[f"{r}self_attn/{proj}/bias"] = need(f"{p}self_attn.{proj}.bias")
+      out.append(T(f"{p}self_attn.{proj}.weight", (f"{r}self_attn/{proj}/kernel",), "T"))
+      out.append(T(f"{p}self_attn.{proj}.bias", (f"{r}self_attn/{proj}/bias",)))
     for fc in ("fc1", "fc2"):
-      out[f"{r}mlp/{fc}/kernel"] = need(f"{p}mlp.{fc}.weight").T
-      out[f"{r}mlp/{fc}/bias"] = need(f"{p}mlp.{fc}.bias")
+      out.append(T(f"{p}mlp.{fc}.weight", (f"{r}mlp/{fc}/kernel",), "T"))
+      out.append(T(f"{p}mlp.{fc}.bias", (f"{r}mlp/{fc}/bias",)))
     for ln in ("layer_norm1", "layer_norm2"):
-      out[f"{r}{ln}/scale"] = need(f"{p}{ln}.weight")
-      out[f"{r}{ln}/bias"] = need(f"{p}{ln}.bias")
-  m = _find(
-    ckpt,
-    ("model.multi_modal_projector.", "multi_modal_projector."),
+      out.append(T(f"{p}{ln}.weight", (f"{r}{ln}/scale",)))
+      out.append(T(f"{p}{ln}.bias", (f"{r}{ln}/bias",)))
+  m = registry.pick_prefix(
+    names,
+    ("multi_modal_projector.", "model.multi_modal_projector."),
     "linear_1.weight",
     "multimodal projector tensors",
   )
   for lin in ("linear_1", "linear_2"):
-    out[f"multi_modal_projector/{lin}/kernel"] = need(f"{m}{lin}.weight").T
+    out.append(T(f"{m}{lin}.weight", (f"multi_modal_projector/{lin}/kernel",), "T"))
     if cfg.multimodal_projector_bias:
-      out[f"multi_modal_projector/{lin}/bias"] = need(f"{m}{lin}.bias")
+      out.append(T(f"{m}{lin}.bias", (f"multi_modal_projector/{lin}/bias",)))
   if cfg.is_next:
-    name = _find(ckpt, ("model.", ""), "image_newline", "image_newline tensor")
-    out["image_newline"] = need(name + "image_newline")
+    name = registry.pick_prefix(names, ("", "model."), "image_newline", "image_newline tensor")
+    out.append(T(name + "image_newline", ("image_newline",)))
+  return tuple(out)
+
+
+def llava_arrays(ckpt: SafetensorsCheckpoint, cfg: LlavaConfig) -> dict[str, np.ndarray]:
+  """Maps a LLaVA safetensors checkpoint to ``Llava``'s parameter paths (lazy numpy views)."""
+  out = registry.hf_to_flax(llava_weights(cfg, frozenset(ckpt.keys())), ckpt)
   loading._check_shapes(out, cfg, want=expected_shapes(cfg))
   return out
 
@@ -1077,40 +1074,26 @@ def load_llava(
   rules=loading.DEFAULT_RULES,
   source=None,
 ) -> VisionLanguageModel:
-  """Loads a LLaVA / LLaVA-NeXT safetensors directory (``jaxsteer.load`` dispatches here).
+  """Loads a LLaVA / LLaVA-NeXT safetensors directory (what ``jaxsteer.load`` does for one)."""
+  from jaxsteer._src.models import loader
 
-  Args:
-    path: the model directory (``config.json`` with ``model_type`` ``llava`` or ``llava_next``).
-    dtype: parameter and compute dtype (default: the checkpoint's).
-    mesh: place parameters with ``NamedSharding`` (each device reads its own shard).
-    tokenizer: a tokenizer object or HF tokenizer directory (default: the model directory's).
-    rules: logical-axis -> mesh-axis table.
-    source: recorded as ``lm.source`` (default: ``path``).
-  """
-  path = pathlib.Path(path)
-  cfg = LlavaConfig.from_json(path / "config.json")
-  ckpt = SafetensorsCheckpoint(path)
-  arrays = llava_arrays(ckpt, cfg)
-  if tokenizer is None and any(
-    (path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-  ):
-    tokenizer = path
-  tok = _make_tokenizer(tokenizer, cfg.text)
-  if dtype is None:
-    dtype = next(iter(arrays.values())).dtype
-  dtype = jnp.dtype(dtype)
-  params = loading.place(arrays, dtype, mesh, rules)
-  module = Llava(cfg, dtype=dtype, param_dtype=dtype)
+  lm = loader.load(path, dtype=dtype, mesh=mesh, tokenizer=tokenizer, rules=rules)
+  if not isinstance(lm, VisionLanguageModel):
+    raise ValueError(f"{path} is not a LLaVA model directory")
+  return lm if source is None else lm.replace(source=str(source))
+
+
+def _wrap(module, params, cfg, tok, mesh, source, path):
   return VisionLanguageModel(
     module,
     params,
     cfg.text,
     tok,
     mesh,
-    source=str(source if source is not None else path),
+    source=source if source is not None else (None if path is None else str(path)),
     vlm_config=cfg,
     processor_dir=path,
-    chat_template=_read_chat_template(path),
+    chat_template=None if path is None else _read_chat_template(pathlib.Path(path)),
   )
 
 
@@ -1123,3 +1106,20 @@ def init_random(
   return VisionLanguageModel(
     module, params, config.text, tokenizer, vlm_config=config, image_processor=image_processor
   )
+
+
+ARCH = registry.register(
+  registry.Architecture(
+    "llava",
+    LlavaConfig.from_hf,
+    lambda cfg, dtype: Llava(cfg, dtype=dtype, param_dtype=dtype),
+    llava_weights,
+    aliases=("llava_next",),
+    text=False,
+    wrap=_wrap,
+    init_params=init_params,
+    text_config=lambda cfg: cfg.text,
+    shapes=expected_shapes,
+    config_type=LlavaConfig,
+  )
+)

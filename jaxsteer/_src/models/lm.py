@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,10 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsteer._src.models import loading
-from jaxsteer._src.models.config import ModelConfig
 from jaxsteer._src.models.modules import CausalLM, default_positions
-from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
 from jaxsteer._src.models.tokenizer import HFTokenizer, Llama2cTokenizer
 
 InterceptFactory = Callable[[Any], Callable]
@@ -88,8 +84,17 @@ def sample_token(logits, temperature, top_p, key):
   return jnp.where(temperature > 0, sampled, greedy)
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "max_new_tokens", "stop_at_eos"))
-def _generate(
+# Prompt widths and generation budgets are rounded up to these multiples, so prompts of similar
+# length (and nearby max_new_tokens) share one compiled prefill and one compiled decode loop.
+PROMPT_BUCKET = 16
+NEW_TOKENS_BUCKET = 16
+
+
+def _bucket(n: int, multiple: int) -> int:
+  return -(-int(n) // multiple) * multiple
+
+
+def _prefill_impl(
   module,
   factory,
   params,
@@ -99,20 +104,23 @@ def _generate(
   temperature,
   top_p,
   key,
-  eos_id,
+  stop_ids,
   pad_id,
-  max_new_tokens: int,
-  stop_at_eos: bool = True,
+  budget: int,
+  stop_at_eos: bool,
   inputs_embeds=None,
 ):
+  """Prefill: fills the KV cache with the prompt and samples the first token of every row.
+
+  Returns the decode state ``(cache, tok, pos, key, done, bad, out, lengths, i)``: ``out`` (B,
+  budget) holds the new tokens (``pad_id`` after a row ended), ``lengths`` the tokens each row
+  produced (its stop token included), ``bad`` the rows whose logits were not finite.
+  """
   b, p = input_ids.shape
-  length = p + max_new_tokens
-  kv_mask = jnp.concatenate(
-    [attention_mask.astype(jnp.int32), jnp.ones((b, max_new_tokens), jnp.int32)], axis=1
-  )
+  kv_mask = _kv_mask(attention_mask, budget)
   positions = default_positions(attention_mask)
   slots = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32)[None], (b, p))
-  cache = init_cache(module, b, length)
+  cache = init_cache(module, b, p + budget)
   # Prefill on the token ids, or on given input embeddings (a VLM's merged image + text sequence);
   # the decode steps embed the sampled tokens.
   prefill = (input_ids,) if inputs_embeds is None else ()
@@ -131,12 +139,53 @@ def _generate(
     mutable=["cache"],
   )
   key, sub = jax.random.split(key)
-  tok = sample_token(logits[:, -1], temperature, top_p, sub)
-  done = (tok == eos_id) & stop_at_eos
-  out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(tok)
+  last = logits[:, -1]
+  bad = ~jnp.all(jnp.isfinite(last), axis=-1)
+  tok = jnp.where(bad, pad_id, sample_token(last, temperature, top_p, sub))
+  done = bad | (_is_stop(tok, stop_ids) & stop_at_eos)
+  out = jnp.full((b, budget), pad_id, jnp.int32).at[:, 0].set(tok)
+  lengths = jnp.where(bad, 0, 1).astype(jnp.int32)
+  pos = positions[:, -1] + 1
+  return (upd["cache"], tok, pos, key, done, bad, out, lengths, jnp.int32(1))
 
-  def step(i, state):
-    cache, tok, pos, key, done, out = state
+
+def _kv_mask(attention_mask, budget):
+  b = attention_mask.shape[0]
+  return jnp.concatenate(
+    [attention_mask.astype(jnp.int32), jnp.ones((b, budget), jnp.int32)], axis=1
+  )
+
+
+def _is_stop(tok, stop_ids):
+  return jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+
+
+def _decode_impl(
+  module,
+  factory,
+  params,
+  args,
+  state,
+  attention_mask,
+  temperature,
+  top_p,
+  stop_ids,
+  pad_id,
+  limit,
+  stop_at_eos: bool,
+):
+  """The decode loop, on the device: ``lax.while_loop`` until every row has ended or ``limit``
+  tokens were produced."""
+  b, p = attention_mask.shape
+  budget = state[6].shape[1]
+  kv_mask = _kv_mask(attention_mask, budget)
+
+  def cond(state):
+    done, i = state[4], state[8]
+    return (i < limit) & ~jnp.all(done)
+
+  def step(state):
+    cache, tok, pos, key, done, bad, out, lengths, i = state
     logits, upd = _apply(
       module,
       factory,
@@ -151,15 +200,77 @@ def _generate(
       mutable=["cache"],
     )
     key, sub = jax.random.split(key)
-    new = sample_token(logits[:, -1], temperature, top_p, sub)
-    new = jnp.where(done, pad_id, new)
-    out = out.at[:, i].set(new)
-    done = done | ((new == eos_id) & stop_at_eos)
-    return upd["cache"], new, pos + 1, key, done, out
+    last = logits[:, -1]
+    now_bad = ~done & ~jnp.all(jnp.isfinite(last), axis=-1)
+    new = sample_token(last, temperature, top_p, sub)
+    new = jnp.where(done | now_bad, pad_id, new)
+    out = jax.lax.dynamic_update_slice(out, new[:, None], (0, i))
+    lengths = lengths + (~done & ~now_bad)
+    done = done | now_bad | (_is_stop(new, stop_ids) & stop_at_eos)
+    return upd["cache"], new, pos + 1, key, done, bad | now_bad, out, lengths, i + 1
 
-  state = (upd["cache"], tok, positions[:, -1] + 1, key, done, out)
-  state = jax.lax.fori_loop(1, max_new_tokens, step, state)
-  return state[-1]
+  return jax.lax.while_loop(cond, step, state)
+
+
+_STATIC = ("module", "factory", "budget", "stop_at_eos")
+_prefill = jax.jit(_prefill_impl, static_argnames=_STATIC)
+# The state (the KV cache above all) is donated: the loop updates it in place.
+_decode = jax.jit(
+  _decode_impl, static_argnames=("module", "factory", "stop_at_eos"), donate_argnames=("state",)
+)
+
+
+@functools.partial(jax.jit, static_argnames=("module", "factory", "max_new_tokens", "stop_at_eos"))
+def _generate(
+  module,
+  factory,
+  params,
+  args,
+  input_ids,
+  attention_mask,
+  temperature,
+  top_p,
+  key,
+  eos_id,
+  pad_id,
+  max_new_tokens: int,
+  stop_at_eos: bool = True,
+  inputs_embeds=None,
+):
+  """Prefill and decode loop in one program (new ids (B, max_new_tokens)); ``eos_id`` is an id or
+  an array of ids. ``LanguageModel.generate_ids`` runs the two halves as separate programs."""
+  stop_ids = jnp.atleast_1d(jnp.asarray(eos_id, jnp.int32))
+  state = _prefill_impl(
+    module,
+    factory,
+    params,
+    args,
+    input_ids,
+    attention_mask,
+    temperature,
+    top_p,
+    key,
+    stop_ids,
+    pad_id,
+    max_new_tokens,
+    stop_at_eos,
+    inputs_embeds,
+  )
+  state = _decode_impl(
+    module,
+    factory,
+    params,
+    args,
+    state,
+    attention_mask,
+    temperature,
+    top_p,
+    stop_ids,
+    pad_id,
+    max_new_tokens,
+    stop_at_eos,
+  )
+  return state[6]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,7 +405,7 @@ class LanguageModel:
         f"sequence of {ids.shape[1]} tokens is longer than the model's context of "
         f"{self.config.max_position_embeddings}"
       )
-    return jnp.asarray(ids, jnp.int32)
+    return jax.device_put(ids.astype(np.int32))  # on the host: nothing compiles per shape
 
   # -- tokenizer ---------------------------------------------------------------------------------
   def _tok(self):
@@ -375,18 +486,44 @@ class LanguageModel:
     seed: int = 0,
     stop_at_eos: bool = True,
     inputs_embeds=None,
-  ) -> np.ndarray:
-    """New token ids (B, max_new_tokens) with KV caching; rows that hit EOS are padded.
+    eos_token_ids=None,
+    return_lengths: bool = False,
+  ):
+    """New token ids (B, max_new_tokens) with KV caching; rows that ended are padded.
 
-    ``inputs_embeds`` (B, T, D), if given, replace the token embeddings of ``input_ids`` in the
-    prefill (e.g. a VLM's merged image + text sequence); ``input_ids`` still fix the shape.
+    A row ends at any id of ``eos_token_ids`` (default: the config's ``stop_ids``, e.g. all of
+    Llama 3 instruct's end tokens); the decode loop runs on the device and stops as soon as every
+    row has ended. Prompts are left-padded to a multiple of ``PROMPT_BUCKET`` and the token budget
+    rounded up to a multiple of ``NEW_TOKENS_BUCKET``, so similar prompts reuse the compiled
+    programs.
+
+    Args:
+      input_ids: (B, T) prompt ids (left-padded when ``attention_mask`` marks padding).
+      attention_mask: (B, T) 1 for real tokens.
+      max_new_tokens: most tokens per row.
+      temperature: 0 = greedy.
+      top_p: nucleus sampling mass.
+      seed: sampling seed.
+      stop_at_eos: end rows at a stop id (else always ``max_new_tokens``).
+      inputs_embeds: (B, T, D) replace the token embeddings of ``input_ids`` in the prefill (a
+        VLM's merged image + text sequence); ``input_ids`` still fix the shape.
+      eos_token_ids: an id or ids that end a row (overrides the config's).
+      return_lengths: also return each row's number of new tokens (its stop token included).
+
+    Raises:
+      FloatingPointError: the model produced NaN or infinite logits for some row (the message names
+        the rows); nothing is returned rather than tokens sampled from garbage.
     """
     ids = self._check_ids(input_ids)
+    # Host-side (numpy) until the padded shapes are final: eager jnp ops would compile per shape.
+    ids = ids if isinstance(ids, jax.core.Tracer) else np.asarray(ids)
     mask = (
-      jnp.ones(ids.shape, jnp.int32)
+      np.ones(ids.shape, np.int32)
       if attention_mask is None
-      else jnp.asarray(attention_mask, jnp.int32)
+      else np.asarray(attention_mask).astype(np.int32)
     )
+    if mask.shape != ids.shape:
+      raise ValueError(f"attention_mask shape {mask.shape} does not match input_ids {ids.shape}")
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
@@ -397,25 +534,55 @@ class LanguageModel:
         f"prompt ({real} tokens) plus max_new_tokens ({max_new_tokens}) exceeds the "
         f"model's context of {self.config.max_position_embeddings}"
       )
-    eos = self.config.eos_token_id if self.config.eos_token_id is not None else -1
+    stop = self.config.stop_ids if eos_token_ids is None else _as_ids(eos_token_ids)
+    stop_ids = jnp.asarray(stop if stop else (-1,), jnp.int32)
+    embeds = _check_embeds(inputs_embeds, ids.shape, self.config.hidden_size)
+    width = _bucket(ids.shape[1], PROMPT_BUCKET)
+    ids, mask, embeds = _left_pad(ids, mask, embeds, width, self.pad_id)
+    ids, mask = jax.device_put(ids.astype(np.int32)), jax.device_put(mask.astype(np.int32))
+    budget = _bucket(max_new_tokens, NEW_TOKENS_BUCKET)
     f, a = self.intercept
-    out = _generate(
+    temp, tp, pad = jnp.float32(temperature), jnp.float32(top_p), jnp.int32(self.pad_id)
+    state = _prefill(
       self.module,
       f,
       self.params,
       a,
       ids,
       mask,
-      jnp.float32(temperature),
-      jnp.float32(top_p),
+      temp,
+      tp,
       jax.random.PRNGKey(seed),
-      jnp.int32(eos),
-      jnp.int32(self.pad_id),
-      max_new_tokens=int(max_new_tokens),
+      stop_ids,
+      pad,
+      budget=budget,
       stop_at_eos=bool(stop_at_eos),
-      inputs_embeds=_check_embeds(inputs_embeds, ids.shape, self.config.hidden_size),
+      inputs_embeds=embeds,
     )
-    return np.asarray(out)
+    state = _decode(
+      self.module,
+      f,
+      self.params,
+      a,
+      state,
+      mask,
+      temp,
+      tp,
+      stop_ids,
+      pad,
+      jnp.int32(max_new_tokens),
+      stop_at_eos=bool(stop_at_eos),
+    )
+    out, lengths, bad = (np.asarray(x) for x in (state[6], state[7], state[5]))
+    if bad.any():
+      rows = np.flatnonzero(bad).tolist()
+      raise FloatingPointError(
+        f"non-finite logits (NaN or inf) while generating rows {rows} (after "
+        f"{lengths[bad].tolist()} new tokens); check the parameters, the steering strength and "
+        "the dtype"
+      )
+    out = out[:, :max_new_tokens]
+    return (out, lengths) if return_lengths else out
 
   def generate(self, prompt_or_ids, *, max_new_tokens: int = 32, **kw):
     """Generates continuations.
@@ -431,14 +598,34 @@ class LanguageModel:
     ids, mask = self.prepare_batch(prompt_or_ids)
     out = self.generate_ids(ids, mask, max_new_tokens=max_new_tokens, **kw)
     if isinstance(prompt_or_ids, str):
-      return self.decode(_strip(out[0], self.config.eos_token_id))
+      return self.decode(_strip(out[0], self.config.stop_ids or None))
     if (
       isinstance(prompt_or_ids, list | tuple)
       and prompt_or_ids
       and isinstance(prompt_or_ids[0], str)
     ):
-      return [self.decode(_strip(r, self.config.eos_token_id)) for r in out]
+      return [self.decode(_strip(r, self.config.stop_ids or None)) for r in out]
     return out
+
+
+def _as_ids(x) -> tuple[int, ...]:
+  ids = tuple(int(v) for v in np.atleast_1d(np.asarray(x)).reshape(-1))
+  if not ids:
+    raise ValueError("eos_token_ids is empty")
+  return ids
+
+
+def _left_pad(ids, mask, embeds, width, pad_id):
+  """Left-pads (B, T) ids and mask (and (B, T, D) embeds) to ``width`` columns."""
+  extra = width - ids.shape[1]
+  if extra <= 0:
+    return ids, mask, embeds
+  # numpy, so that padding a new prompt width compiles nothing
+  ids = np.pad(np.asarray(ids), ((0, 0), (extra, 0)), constant_values=pad_id)
+  mask = np.pad(np.asarray(mask), ((0, 0), (extra, 0)))
+  if embeds is not None:
+    embeds = jnp.pad(embeds, ((0, 0), (extra, 0), (0, 0)))
+  return ids, mask, embeds
 
 
 def _check_embeds(inputs_embeds, shape, hidden_size):
@@ -454,9 +641,12 @@ def _check_embeds(inputs_embeds, shape, hidden_size):
 
 
 def _strip(row, eos):
+  """``row`` up to its first stop id (``eos``: an id, ids or ``None``)."""
   row = list(row)
-  if eos is not None and eos in row:
-    row = row[: row.index(eos)]
+  stops = set() if eos is None else set(_as_ids(eos))
+  for i, t in enumerate(row):
+    if int(t) in stops:
+      return row[:i]
   return row
 
 
@@ -480,101 +670,6 @@ def _min_tokens(tok, text: str) -> int:
   return -(-len(text.encode("utf-8")) // longest)
 
 
-# ------------------------------------------------------------------------------------------------
-# load()
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-HUB_PATTERNS = (
-  "config.json",
-  "generation_config.json",
-  "*.safetensors",
-  "model.safetensors.index.json",
-  "tokenizer*",
-  "special_tokens_map.json",
-  "vocab.json",
-  "merges.txt",
-  "*.model",
-  "preprocessor_config.json",
-  "chat_template.json",
-  "chat_template.jinja",
-)
-
-
-def download(repo_id: str, revision: str | None = None) -> pathlib.Path:
-  """Downloads the safetensors files, config and tokenizer of a hub model (never pickles)."""
-  from jaxsteer._src import hub
-
-  try:  # bounded wait for an endpoint that never replies (jaxsteer._src.hub)
-    return hub.snapshot(repo_id, revision=revision, allow_patterns=list(HUB_PATTERNS))
-  except FileNotFoundError as e:  # offline, unknown repo, auth, no reply
-    raise FileNotFoundError(
-      f"{repo_id!r} is neither a local path nor a downloadable hub model: {e}"
-    ) from None
-
-
-def load(
-  source: str | pathlib.Path,
-  *,
-  dtype=None,
-  mesh: jax.sharding.Mesh | None = None,
-  tokenizer=None,
-  rules=loading.DEFAULT_RULES,
-) -> LanguageModel:
-  """Loads a causal LM.
-
-  Args:
-    source: a Hugging Face model directory (``config.json`` + safetensors, single or sharded;
-      ``model_type`` ``llava`` / ``llava_next`` gives a ``VisionLanguageModel``), a hub id
-      (downloaded with ``huggingface_hub`` when online), or a llama2.c ``.bin`` checkpoint.
-    dtype: parameter and compute dtype (default: the checkpoint's floating dtype).
-    mesh: place parameters with ``NamedSharding`` from the logical-axis rule table; each device
-      reads only its own shard.
-    tokenizer: a tokenizer object, a llama2.c ``tok*.bin`` path or a HF tokenizer directory
-      (default: the model directory's tokenizer, or ``tok{vocab}.bin`` beside a ``.bin``).
-    rules: logical-axis -> mesh-axis table (``jaxsteer.models.DEFAULT_RULES``).
-
-  Returns:
-    A ``LanguageModel`` (a ``VisionLanguageModel`` for LLaVA checkpoints).
-  """
-  path = pathlib.Path(source)
-  if not path.exists():
-    if isinstance(source, str) and _HUB_ID.match(source) and not source.startswith((".", "/")):
-      path = download(source)
-    else:
-      raise FileNotFoundError(f"model source not found: {source}")
-  if path.is_dir():
-    from jaxsteer._src.models import llava  # imports this module
-
-    if llava.is_llava_dir(path):
-      return llava.load_llava(
-        path, dtype=dtype, mesh=mesh, tokenizer=tokenizer, rules=rules, source=source
-      )
-    cfg = ModelConfig.from_json(path / "config.json")
-    ckpt = SafetensorsCheckpoint(path)
-    arrays = loading.hf_arrays(ckpt, cfg)
-    if tokenizer is None and any(
-      (path / n).exists() for n in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-    ):
-      tokenizer = path
-  else:
-    if path.suffix == ".safetensors":
-      raise ValueError(
-        f"{path} is a bare safetensors file; pass its directory (with config.json) instead"
-      )
-    cfg, arrays = loading.read_llama2c(path)
-    if tokenizer is None:
-      cand = path.parent / f"tok{cfg.vocab_size}.bin"
-      if cand.is_file():
-        tokenizer = cand
-  tok = _make_tokenizer(tokenizer, cfg)
-  if dtype is None:  # the checkpoint's floating dtype
-    dtype = next(iter(arrays.values())).dtype
-  dtype = jnp.dtype(dtype)
-  params = loading.place(arrays, dtype, mesh, rules)
-  module = CausalLM(cfg, dtype=dtype, param_dtype=dtype)
-  return LanguageModel(module, params, cfg, tok, mesh, source=str(source))
-
-
 def _make_tokenizer(tokenizer, cfg):
   if tokenizer is None:
     return None
@@ -584,26 +679,13 @@ def _make_tokenizer(tokenizer, cfg):
     return tokenizer
   p = pathlib.Path(tokenizer)
   if p.is_dir():
-    return HFTokenizer.from_dir(p)
+    tok = HFTokenizer.from_dir(p)
+    if tok.vocab_size > cfg.vocab_size:
+      raise ValueError(
+        f"tokenizer {p} has {tok.vocab_size} tokens, more than the model's vocab_size "
+        f"{cfg.vocab_size}: it does not belong to this model"
+      )
+    return tok
   if p.is_file():
     return Llama2cTokenizer(p, vocab_size=cfg.vocab_size)
   raise FileNotFoundError(f"tokenizer not found: {tokenizer}")
-
-
-def from_params(config: ModelConfig, params, tokenizer=None, dtype=jnp.float32) -> LanguageModel:
-  """Wraps existing parameters (e.g. freshly initialised) as a ``LanguageModel``."""
-  return LanguageModel(CausalLM(config, dtype=dtype, param_dtype=dtype), params, config, tokenizer)
-
-
-def init_random(config, seed: int = 0, dtype=jnp.float32, tokenizer=None):
-  """A randomly initialised model (for tests and examples): a ``LanguageModel`` for a
-  ``ModelConfig``, a ``VisionLanguageModel`` for a ``LlavaConfig``."""
-  if not isinstance(config, ModelConfig):
-    from jaxsteer._src.models import llava
-
-    if isinstance(config, llava.LlavaConfig):
-      return llava.init_random(config, seed=seed, dtype=dtype, tokenizer=tokenizer)
-    raise TypeError(f"init_random needs a ModelConfig or LlavaConfig, got {type(config).__name__}")
-  module = CausalLM(config, dtype=dtype, param_dtype=dtype)
-  params = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 2), jnp.int32))["params"]
-  return LanguageModel(module, params, config, tokenizer)

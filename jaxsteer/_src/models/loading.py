@@ -146,76 +146,12 @@ def hf_arrays(
   prefix: str = "model.",
   lm_head: str = "lm_head.weight",
 ) -> dict[str, np.ndarray]:
-  """Maps HF tensor names to Flax parameter paths; kernels become ``(in, out)`` views.
+  """Flax-layout views of a text model's tensors, through its registry weight map."""
+  from jaxsteer._src.models import registry
 
-  Args:
-    ckpt: the checkpoint.
-    cfg: the text model's config.
-    prefix: prefix of the decoder's tensors (``model.`` for a causal LM; a VLM's language model
-      lives under ``model.language_model.`` (transformers 5) or ``language_model.model.``).
-    lm_head: name of the output projection's weight (unused with tied embeddings).
-  """
-  if cfg.is_gpt2:
-    return _gpt2_arrays(ckpt, cfg)
-  out: dict[str, np.ndarray] = {}
-  need = _need(ckpt)
-  out["embed/embedding"] = need(f"{prefix}embed_tokens.weight")
-  for i in range(cfg.num_layers):
-    p, q = f"{prefix}layers.{i}.", f"layers_{i}/"
-    for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-      out[f"{q}attn/{proj}/kernel"] = need(f"{p}self_attn.{proj}.weight").T
-      if cfg.attention_bias and proj != "o_proj":
-        out[f"{q}attn/{proj}/bias"] = need(f"{p}self_attn.{proj}.bias")
-    for proj in ("gate_proj", "up_proj", "down_proj"):
-      out[f"{q}mlp/{proj}/kernel"] = need(f"{p}mlp.{proj}.weight").T
-      if cfg.mlp_bias:
-        out[f"{q}mlp/{proj}/bias"] = need(f"{p}mlp.{proj}.bias")
-    out[f"{q}input_norm/scale"] = need(f"{p}input_layernorm.weight")
-    out[f"{q}post_attention_norm/scale"] = need(f"{p}post_attention_layernorm.weight")
-  out["norm/scale"] = need(f"{prefix}norm.weight")
-  if not cfg.tie_word_embeddings:
-    out["lm_head/kernel"] = need(lm_head).T
-  _check_shapes(out, cfg)
-  return out
-
-
-def _need(ckpt):
-  def get(name):
-    if name not in ckpt:
-      raise ValueError(f"checkpoint lacks tensor {name!r}")
-    return ckpt[name]
-
-  return get
-
-
-def _gpt2_arrays(ckpt, cfg):
-  prefix = "transformer." if "transformer.wte.weight" in ckpt else ""
-  need = _need(ckpt)
-  d = cfg.hidden_size
-  out = {
-    "embed/embedding": need(f"{prefix}wte.weight"),
-    "wpe/embedding": need(f"{prefix}wpe.weight"),
-  }
-  for i in range(cfg.num_layers):
-    p, q = f"{prefix}h.{i}.", f"layers_{i}/"
-    w = need(f"{p}attn.c_attn.weight")  # Conv1D: (in, 3 * out) already
-    b = need(f"{p}attn.c_attn.bias")
-    for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
-      out[f"{q}attn/{proj}/kernel"] = w[:, j * d : (j + 1) * d]
-      out[f"{q}attn/{proj}/bias"] = b[j * d : (j + 1) * d]
-    out[f"{q}attn/o_proj/kernel"] = need(f"{p}attn.c_proj.weight")
-    out[f"{q}attn/o_proj/bias"] = need(f"{p}attn.c_proj.bias")
-    out[f"{q}mlp/up_proj/kernel"] = need(f"{p}mlp.c_fc.weight")
-    out[f"{q}mlp/up_proj/bias"] = need(f"{p}mlp.c_fc.bias")
-    out[f"{q}mlp/down_proj/kernel"] = need(f"{p}mlp.c_proj.weight")
-    out[f"{q}mlp/down_proj/bias"] = need(f"{p}mlp.c_proj.bias")
-    for src, dst in (("ln_1", "input_norm"), ("ln_2", "post_attention_norm")):
-      out[f"{q}{dst}/scale"] = need(f"{p}{src}.weight")
-      out[f"{q}{dst}/bias"] = need(f"{p}{src}.bias")
-  out["norm/scale"] = need(f"{prefix}ln_f.weight")
-  out["norm/bias"] = need(f"{prefix}ln_f.bias")
-  if not cfg.tie_word_embeddings:
-    out["lm_head/kernel"] = need("lm_head.weight").T
+  kw = {} if cfg.is_gpt2 else dict(prefix=prefix, lm_head=lm_head)
+  entries = registry.get(cfg.arch).weights(cfg, frozenset(ckpt.keys()), **kw)
+  out = registry.hf_to_flax(entries, ckpt)
   _check_shapes(out, cfg)
   return out
 

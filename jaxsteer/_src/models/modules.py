@@ -1,4 +1,8 @@
-"""Flax Linen modules of the decoder-only language models (Llama 2/3/3.1, Mistral, Qwen2, GPT-2).
+"""Flax Linen modules of the decoder-only language models of the architecture registry.
+
+Llama 2/3/3.x, Mistral, Qwen2/3, Phi-3, Gemma 2/3 and GPT-2 share these modules; their differences
+are static fields of ``ModelConfig`` (q/k norms, Gemma's sandwich norms and soft-capping, local and
+global layers, partial and long-context RoPE).
 
 Every decoder layer, its attention and its MLP are named Linen modules:
 
@@ -21,25 +25,34 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxsteer._src.models.config import ModelConfig, rope_inv_freq
+from jaxsteer._src.models.config import ModelConfig, rope_spec
 
 Dtype = Any
 _NEG = -1e30  # additive mask value: finite, so fully masked rows stay NaN-free
 
 
 class RMSNorm(nn.Module):
-  """RMSNorm computed in float32: ``scale * x / sqrt(mean(x^2) + eps)``."""
+  """RMSNorm computed in float32: ``scale * x / sqrt(mean(x^2) + eps)``.
+
+  ``plus_one`` (Gemma): the weight is stored as ``scale - 1`` and the product is taken in float32
+  before the cast, as transformers' ``Gemma2RMSNorm`` does.
+  """
 
   eps: float = 1e-6
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  plus_one: bool = False
 
   @nn.compact
   def __call__(self, x):
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+    init = nn.initializers.zeros if self.plus_one else nn.initializers.ones
+    scale = self.param("scale", init, (x.shape[-1],), self.param_dtype)
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    if self.plus_one:
+      return (xf * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
     # HF Llama casts back to the input dtype before multiplying by the weight.
     return scale.astype(self.dtype) * xf.astype(self.dtype)
 
@@ -74,15 +87,39 @@ def _dense(features, use_bias, cfg_dtype, param_dtype, name):
   )
 
 
-def apply_rope(x, positions, inv_freq):
-  """Rotary embedding, HF ``rotate_half`` layout. x: (B, T, H, Dh); positions: (B, T)."""
-  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, Dh/2)
+def apply_rope(x, positions, inv_freq, factor: float = 1.0):
+  """Rotary embedding, HF ``rotate_half`` layout. x: (B, T, H, Dh); positions: (B, T).
+
+  ``inv_freq`` (R/2,) may cover only the first R dims of each head (partial rotary); ``factor``
+  scales cos and sin (longrope's attention factor).
+  """
+  angles = positions[..., None].astype(jnp.float32) * inv_freq  # (B, T, R/2)
   emb = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  cos, sin = jnp.cos(emb) * factor, jnp.sin(emb) * factor
   xf = x.astype(jnp.float32)
-  half = x.shape[-1] // 2
-  rot = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-  return (xf * cos + rot * sin).astype(x.dtype)
+  r = emb.shape[-1]
+  xr, rest = xf[..., :r], xf[..., r:]
+  rot = jnp.concatenate([-xr[..., r // 2 :], xr[..., : r // 2]], axis=-1)
+  return jnp.concatenate([xr * cos + rot * sin, rest], axis=-1).astype(x.dtype)
+
+
+def layer_rope(cfg: ModelConfig, layer: int, positions):
+  """``(inv_freq, factor)`` of ``layer`` for this call (longrope picks its long set per call)."""
+  spec = rope_spec(cfg, layer)
+  inv = jnp.asarray(spec.inv_freq, jnp.float32)
+  if spec.long_inv_freq is not None:
+    long = jnp.asarray(spec.long_inv_freq, jnp.float32)
+    inv = jnp.where(jnp.max(positions) + 1 > spec.original_max, long, inv)
+  return inv, spec.attention_factor
+
+
+def activation(name: str):
+  return {
+    "silu": nn.silu,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  }[name]
 
 
 def attention_mask(q_pos, k_pos, kv_mask, sliding_window=None):
@@ -115,6 +152,7 @@ class Attention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   implementation: str | None = None
+  layer_idx: int = 0
 
   @nn.compact
   def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
@@ -127,10 +165,14 @@ class Attention(nn.Module):
     q = q.reshape(b, t, h, dh)
     k = k.reshape(b, t, kvh, dh)
     v = v.reshape(b, t, kvh, dh)
+    if cfg.qk_norm:
+      kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, plus_one=cfg.norm_plus_one)
+      q = RMSNorm(cfg.norm_eps, name="q_norm", **kw)(q)
+      k = RMSNorm(cfg.norm_eps, name="k_norm", **kw)(k)
     if not cfg.is_gpt2:
-      inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
-      q = apply_rope(q, positions, inv_freq)
-      k = apply_rope(k, positions, inv_freq)
+      inv_freq, factor = layer_rope(cfg, self.layer_idx, positions)
+      q = apply_rope(q, positions, inv_freq, factor)
+      k = apply_rope(k, positions, inv_freq, factor)
 
     k_slots = slots
     if decode:
@@ -146,13 +188,31 @@ class Attention(nn.Module):
       k, v = ck.value, cv.value
       k_slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (b, length))
 
-    # Causality by absolute slot, key padding and the sliding window all live in one boolean mask
-    # (B, 1, T, S): with a KV cache the query's slot is not its row index, so jax.nn's
-    # ``is_causal`` / ``local_window_size`` (relative to row indices) would be wrong there.
-    allowed = attention_mask(slots, k_slots, kv_mask, cfg.sliding_window)
-    out = jax.nn.dot_product_attention(
-      q, k.astype(q.dtype), v.astype(q.dtype), mask=allowed, implementation=self.implementation
-    ).reshape(b, t, h * dh)
+    # Causality by absolute slot, key padding and the sliding window (of this layer) all live in
+    # one boolean mask (B, 1, T, S): with a KV cache the query's slot is not its row index, so
+    # jax.nn's ``is_causal`` / ``local_window_size`` (relative to row indices) would be wrong there.
+    window = cfg.sliding_window if cfg.layer_is_sliding(self.layer_idx) else None
+    scale = 1.0 / np.sqrt(
+      cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else dh
+    )
+    if cfg.attn_logit_softcapping is None:
+      allowed = attention_mask(slots, k_slots, kv_mask, window)
+      out = jax.nn.dot_product_attention(
+        q,
+        k.astype(q.dtype),
+        v.astype(q.dtype),
+        mask=allowed,
+        scale=float(scale),
+        implementation=self.implementation,
+      ).reshape(b, t, h * dh)
+    else:  # Gemma 2's soft-capped scores: jax.nn.dot_product_attention has no cap
+      bias = attention_weights_bias(slots, k_slots, kv_mask, window)
+      qg = q.reshape(b, t, kvh, h // kvh, dh)
+      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+      cap = cfg.attn_logit_softcapping
+      scores = jnp.tanh(scores * scale / cap) * cap + bias
+      probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * dh)
     return _dense(cfg.hidden_size, cfg.attention_out_bias, self.dtype, self.param_dtype, "o_proj")(
       out
     )
@@ -172,30 +232,49 @@ class MLP(nn.Module):
     if cfg.is_gpt2:
       up = _dense(f, True, self.dtype, self.param_dtype, "up_proj")(x)
       return _dense(d, True, self.dtype, self.param_dtype, "down_proj")(
-        jax.nn.gelu(up, approximate=True)
+        activation(cfg.hidden_act)(up)
       )
     gate = _dense(f, cfg.mlp_bias, self.dtype, self.param_dtype, "gate_proj")(x)
     up = _dense(f, cfg.mlp_bias, self.dtype, self.param_dtype, "up_proj")(x)
-    return _dense(d, cfg.mlp_bias, self.dtype, self.param_dtype, "down_proj")(nn.silu(gate) * up)
+    act = activation(cfg.hidden_act)
+    return _dense(d, cfg.mlp_bias, self.dtype, self.param_dtype, "down_proj")(act(gate) * up)
+
+
+def _norm(cfg: ModelConfig, name: str, **kw):
+  if cfg.is_gpt2:
+    return LayerNorm(cfg.norm_eps, name=name, **kw)
+  return RMSNorm(cfg.norm_eps, name=name, plus_one=cfg.norm_plus_one, **kw)
 
 
 class DecoderLayer(nn.Module):
-  """Pre-norm decoder layer. Returns the residual stream after attention and MLP."""
+  """Pre-norm decoder layer. Returns the residual stream after attention and MLP.
+
+  Llama-like: ``x + attn(input_norm(x))``, then ``x + mlp(post_attention_norm(x))``. With
+  ``sandwich_norms`` (Gemma 2/3): ``x + post_attention_norm(attn(input_norm(x)))``, then
+  ``x + post_feedforward_norm(mlp(pre_feedforward_norm(x)))``.
+  """
 
   config: ModelConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   attn_implementation: str | None = None
+  layer_idx: int = 0
 
   @nn.compact
   def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
     cfg = self.config
-    norm = LayerNorm if cfg.is_gpt2 else RMSNorm
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = norm(cfg.norm_eps, name="input_norm", **kw)(x)
-    attn = Attention(cfg, name="attn", implementation=self.attn_implementation, **kw)
-    x = x + attn(h, positions, slots, kv_mask, decode)
-    h = norm(cfg.norm_eps, name="post_attention_norm", **kw)(x)
+    h = _norm(cfg, "input_norm", **kw)(x)
+    attn = Attention(
+      cfg, name="attn", implementation=self.attn_implementation, layer_idx=self.layer_idx, **kw
+    )
+    h = attn(h, positions, slots, kv_mask, decode)
+    if cfg.sandwich_norms:
+      x = x + _norm(cfg, "post_attention_norm", **kw)(h)
+      h = _norm(cfg, "pre_feedforward_norm", **kw)(x)
+      return x + _norm(cfg, "post_feedforward_norm", **kw)(MLP(cfg, name="mlp", **kw)(h))
+    x = x + h
+    h = _norm(cfg, "post_attention_norm", **kw)(x)
     return x + MLP(cfg, name="mlp", **kw)(h)
 
 
@@ -228,20 +307,36 @@ class CausalLM(nn.Module):
         **kw,
       )
     self.layers = [
-      DecoderLayer(cfg, name=f"layers_{i}", attn_implementation=self.attn_implementation, **kw)
+      DecoderLayer(
+        cfg,
+        name=f"layers_{i}",
+        attn_implementation=self.attn_implementation,
+        layer_idx=i,
+        **kw,
+      )
       for i in range(cfg.num_layers)
     ]
-    self.norm = (LayerNorm if cfg.is_gpt2 else RMSNorm)(cfg.norm_eps, **kw)
+    self.norm = (
+      LayerNorm(cfg.norm_eps, **kw)
+      if cfg.is_gpt2
+      else RMSNorm(cfg.norm_eps, plus_one=cfg.norm_plus_one, **kw)
+    )
     if not cfg.tie_word_embeddings:
       self.lm_head = _dense(cfg.vocab_size, False, self.dtype, self.param_dtype, "lm_head")
 
+  def _embed_scale(self):
+    # Gemma: sqrt(D) rounded to the compute dtype, as transformers multiplies.
+    return jnp.asarray(np.sqrt(self.config.hidden_size), self.dtype)
+
   def embed_tokens(self, input_ids):
-    """Token embeddings (B, T, D): the input space of attribution."""
-    return self.embed(input_ids)
+    """Token embeddings (B, T, D): the input space of attribution (scaled for Gemma)."""
+    x = self.embed(input_ids)
+    return x * self._embed_scale() if self.config.scale_embeddings else x
 
   def mean_token_embedding(self):
-    """The mean row of the embedding table (D,), in the compute dtype."""
-    return jnp.mean(self.embed.embedding, axis=0).astype(self.dtype)
+    """The mean row of the (scaled) embedding table (D,), in the compute dtype."""
+    m = jnp.mean(self.embed.embedding, axis=0).astype(self.dtype)
+    return m * self._embed_scale() if self.config.scale_embeddings else m
 
   def __call__(
     self,
@@ -279,6 +374,9 @@ class CausalLM(nn.Module):
     else:
       logits = self.lm_head(x)
     logits = logits.astype(jnp.float32)
+    if self.config.final_logit_softcapping is not None:
+      cap = self.config.final_logit_softcapping
+      logits = jnp.tanh(logits / cap) * cap
     if return_hidden:
       return logits, tuple(hidden)
     return logits

@@ -1,0 +1,241 @@
+"""Qwen3, Llama 3.2, Phi-3, Gemma 2 and Gemma 3 text against transformers (PyTorch, CPU).
+
+Each architecture is checked on a tiny random checkpoint written by transformers 5, and again with
+its ``config.json`` rewritten in the transformers 4.x form found on the hub (``rope_theta`` +
+``rope_scaling``, Phi-3's ``su``, Gemma's ``sliding_window_pattern`` / ``rope_local_base_freq``,
+no ``layer_types``). Sequences are longer than the sliding windows and than Phi-3's original
+context, so local attention and LongRoPE's long factors are exercised.
+"""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tolerances import PARITY_ATOL_F32, assert_close
+
+import jaxsteer
+from jaxsteer.grains import CaptureInterceptor, SteeringVectors
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+V = 97
+BASE = dict(
+  vocab_size=V,
+  hidden_size=32,
+  intermediate_size=48,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  max_position_embeddings=64,
+)
+ROT = 8 // 2  # Phi-3's rotary pairs per head (head_dim 8, partial_rotary_factor 1)
+
+CASES = {
+  "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(BASE, head_dim=16, rope_theta=1e6)),
+  "llama32": (
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    dict(
+      BASE,
+      tie_word_embeddings=True,
+      rope_theta=500000.0,
+      rope_scaling=dict(
+        rope_type="llama3",
+        factor=32.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8,
+      ),
+    ),
+  ),
+  "phi3_longrope": (
+    "Phi3Config",
+    "Phi3ForCausalLM",
+    dict(
+      BASE,
+      original_max_position_embeddings=8,
+      sliding_window=6,
+      pad_token_id=0,
+      eos_token_id=2,
+      rope_scaling=dict(
+        type="longrope",
+        short_factor=[1.0, 1.5, 2.0, 3.0],
+        long_factor=[2.0, 4.0, 8.0, 16.0],
+      ),
+    ),
+  ),
+  "gemma2": (
+    "Gemma2Config",
+    "Gemma2ForCausalLM",
+    dict(
+      BASE,
+      num_hidden_layers=3,
+      head_dim=16,
+      query_pre_attn_scalar=12,
+      sliding_window=4,
+      attn_logit_softcapping=2.0,
+      final_logit_softcapping=3.0,
+    ),
+  ),
+  "gemma3": (
+    "Gemma3TextConfig",
+    "Gemma3ForCausalLM",
+    dict(
+      BASE,
+      num_hidden_layers=3,
+      head_dim=16,
+      query_pre_attn_scalar=12,
+      sliding_window=4,
+      sliding_window_pattern=3,
+      rope_theta=1e6,
+      rope_local_base_freq=100.0,
+      rope_scaling=dict(rope_type="linear", factor=4.0),
+    ),
+  ),
+}
+
+
+def _as_transformers4(cfg: dict, name: str) -> dict:
+  """The same model's config as transformers 4.x wrote it."""
+  cfg = dict(cfg)
+  rope = cfg.pop("rope_parameters", None) or {}
+  cfg.pop("layer_types", None)
+  kw = CASES[name][2]
+  if name == "gemma3":
+    cfg["rope_theta"] = rope["full_attention"]["rope_theta"]
+    cfg["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+    cfg["rope_scaling"] = {"rope_type": "linear", "factor": 4.0}
+    cfg["sliding_window_pattern"] = 3
+  else:
+    cfg["rope_theta"] = rope["rope_theta"]
+    if "rope_scaling" in kw:
+      scaling = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor")}
+      if name == "phi3_longrope":  # Phi-3-mini-128k's hub form
+        scaling = {"type": "su", **{k: v for k, v in scaling.items() if k != "rope_type"}}
+        scaling.pop("original_max_position_embeddings", None)
+      cfg["rope_scaling"] = scaling
+  if name.startswith("gemma"):
+    cfg["hidden_act"] = cfg["hidden_activation"]
+  return cfg
+
+
+def _save(tmp_path, name):
+  cfg_cls, model_cls, kw = CASES[name]
+  torch.manual_seed(0)
+  cfg = getattr(transformers, cfg_cls)(**kw)
+  model = getattr(transformers, model_cls)(cfg).eval()
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if "norm" in n:  # random norm weights, so a wrong mapping of them cannot pass
+        p.add_(0.3 * torch.randn_like(p))
+      if any(k in n for k in ("q_proj", "k_proj", "qkv_proj")):
+        # Peaked attention (init std 0.02 leaves it uniform), so that RoPE, windows and
+        # soft-capping visibly change the logits.
+        p.mul_(6.0)
+  d = tmp_path / name
+  model.save_pretrained(d)
+  return model, d
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def case(request, tmp_path_factory):
+  name = request.param
+  model, d = _save(tmp_path_factory.mktemp("m"), name)
+  return name, model, d
+
+
+def _ref(model, ids):
+  with torch.no_grad():
+    return model(torch.tensor(ids)).logits.numpy()
+
+
+def test_logits_match_transformers_both_config_forms(case, tmp_path):
+  name, model, d = case
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, V, size=(2, 12))  # longer than windows and Phi-3's original context
+  short = ids[:, :5]  # within it: LongRoPE's short factors
+  lm5 = jaxsteer.load(str(d))
+  old = tmp_path / "tf4"
+  old.mkdir()
+  for f in d.iterdir():
+    (old / f.name).write_bytes(f.read_bytes())
+  hf = json.loads((d / "config.json").read_text())
+  (old / "config.json").write_text(json.dumps(_as_transformers4(hf, name)))
+  lm4 = jaxsteer.load(str(old))
+  assert lm4.config == lm5.config
+  for x in (ids, short):
+    ref = _ref(model, x)
+    np.testing.assert_allclose(np.asarray(lm5(x)), ref, atol=PARITY_ATOL_F32, rtol=0)
+  np.testing.assert_allclose(np.asarray(lm4(ids)), _ref(model, ids), atol=PARITY_ATOL_F32, rtol=0)
+
+
+def test_features_are_active(case):
+  """The distinguishing feature of each case changes the logits (the parity is not vacuous)."""
+  name, model, d = case
+  import dataclasses
+
+  lm = jaxsteer.load(str(d))
+  c = lm.config
+  off = {
+    "qwen3": None,
+    "llama32": dict(rope_scaling=None),
+    "phi3_longrope": dict(rope_scaling=None),
+    "gemma2": dict(attn_logit_softcapping=None, final_logit_softcapping=None),
+    "gemma3": dict(rope_local_theta=None),
+  }[name]
+  if off is None:
+    assert c.qk_norm and "layers_0/attn/q_norm/scale" in _flat(lm.params)
+    return
+  ids = np.arange(40)[None] * 7 % V
+  other = lm.replace(module=type(lm.module)(dataclasses.replace(c, **off)))
+  # Ten times the parity tolerance: dropping the feature would fail the parity test.
+  assert np.abs(np.asarray(lm(ids)) - np.asarray(other(ids))).max() > 10 * PARITY_ATOL_F32
+
+
+def _flat(params):
+  from flax import traverse_util
+
+  return traverse_util.flatten_dict(params, sep="/")
+
+
+def test_kv_cache_greedy_equals_no_cache_argmax(case):
+  name, model, d = case
+  lm = jaxsteer.load(str(d))
+  prompt = [3, 14, 15, 92, 65]
+  n = 9
+  out = lm.generate_ids(np.array([prompt]), max_new_tokens=n, stop_at_eos=False)[0].tolist()
+  buf = list(prompt)
+  for _ in range(n):
+    buf.append(int(np.argmax(np.asarray(lm(np.array([buf])))[0, -1])))
+  assert out == buf[len(prompt) :]
+
+
+def test_steering_and_capture(case):
+  name, model, d = case
+  lm = jaxsteer.load(str(d))
+  ids = np.array([[1, 5, 9, 13, 17, 21]])
+  _, hidden = lm(ids, return_hidden=True)
+  import flax.linen as nn
+
+  from jaxsteer._src.models.lm import _apply
+
+  with nn.intercept_methods(CaptureInterceptor((0, 1))()):
+    _, st = _apply(lm.module, None, lm.params, None, jnp.asarray(ids), mutable=["intermediates"])
+  got = np.asarray(st["intermediates"]["layers_1"]["residual"][0])
+  assert_close(got, hidden[1], "float32")  # eager capture vs the jitted forward
+  vec = SteeringVectors((1,), np.ones((1, 32), np.float32))
+  steered = jaxsteer.steer(lm, vec, alpha=4.0)
+  assert np.abs(np.asarray(steered(ids)) - np.asarray(lm(ids))).max() > 1e-3
+
+
+def test_sharded_load_matches(case):
+  import jax
+
+  name, model, d = case
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  lm = jaxsteer.load(str(d))
+  sh = jaxsteer.load(str(d), mesh=mesh)
+  ids = np.arange(10)[None] % V
+  np.testing.assert_allclose(np.asarray(sh(ids)), np.asarray(lm(ids)), atol=1e-5, rtol=0)
