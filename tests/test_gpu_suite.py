@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import sys
 
 import pytest
 
@@ -14,6 +15,7 @@ _PATH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_sui
 def suite():
   spec = importlib.util.spec_from_file_location("gpu_suite", _PATH)
   mod = importlib.util.module_from_spec(spec)
+  sys.modules["gpu_suite"] = mod  # dataclasses look their module up there
   spec.loader.exec_module(mod)
   return mod
 
