@@ -80,3 +80,14 @@ def test_bad_paths(tmp_path, text_file):
     args = _args(text_file, tmp_path / "d")
     args[args.index("--model") + 1] = str(tmp_path / "nope.bin")
     train.main(args)
+
+
+def test_make_method_alpha_and_nf4(tiny):
+  _, params, _ = tiny
+  kw = dict(rank=4, alpha=8.0, targets=r".*_proj", selector="random", seed=0)
+  paca = train.make_method("paca_nf4", params, nf4_block=32, double_quant=True, **kw)
+  assert paca.name == "paca_nf4" and paca.block_size == 32 and paca.double_quant
+  assert paca.plan.alpha == 8.0 and paca.plan.scale("layers_0/attn/q_proj") == 2.0
+  lora = train.make_method("lora_nf4", params, **kw)
+  assert lora.name == "lora_nf4" and lora.plan.scale == 2.0
+  assert train.make_method("paca", params, **{**kw, "alpha": None}).plan.alpha is None
