@@ -133,7 +133,7 @@ def study(data_dir, pretrain_steps=60, finetune_steps=40, k=4, batch=8, seq=64, 
     return tr, st, ev, losses
 
   tr, st, base_eval, _ = train(params, paca_jax.Full(), 3e-3, pretrain_steps, pre, seed)
-  base = jax.device_get(tr.merged_params(st))
+  base = tr.merged_params(st)
   base16 = jax.tree.map(lambda a: jnp.asarray(a, jnp.bfloat16), base)
   plan = paca_jax.select(base, TARGETS, 2 * k, jax.random.key(1))
   lplan = paca_jax.lora_plan(base, TARGETS, k, alpha=2 * k)

@@ -81,6 +81,7 @@ def take_rows(w: jax.Array, idx) -> jax.Array:
 
 def write_rows_into(w: jax.Array, idx, rows: jax.Array) -> jax.Array:
   """``w.at[idx].set(rows)`` with the scatter flags that let XLA update ``w`` in place."""
+  w = jnp.asarray(w)
   return w.at[jnp.asarray(idx, jnp.int32)].set(rows.astype(w.dtype), **_gather_flags(_sorted(idx)))
 
 
