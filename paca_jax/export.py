@@ -1,11 +1,27 @@
-"""Export of PaCA / LoRA fine-tunes: merged safetensors and exact PEFT-style LoRA adapters."""
+"""Exports of PaCA / LoRA fine-tunes: HF model directories, peft LoRA adapters, PaCA adapters."""
 
 from paca_jax._src.export import (
+  DEFAULT_MAX_SHARD_BYTES,
+  MARKER,
+  TOKENIZER_FILES,
   apply_lora,
   hf_state_dict,
+  load_paca_adapter,
+  save_merged,
+  save_paca_adapter,
   save_peft_adapter,
-  save_safetensors,
   to_lora,
 )
 
-__all__ = ["apply_lora", "hf_state_dict", "save_peft_adapter", "save_safetensors", "to_lora"]
+__all__ = [
+  "DEFAULT_MAX_SHARD_BYTES",
+  "MARKER",
+  "TOKENIZER_FILES",
+  "apply_lora",
+  "hf_state_dict",
+  "load_paca_adapter",
+  "save_merged",
+  "save_paca_adapter",
+  "save_peft_adapter",
+  "to_lora",
+]

@@ -10,9 +10,15 @@ init) or anything ``jaxsteer.load`` reads (its tokenizer encodes the data). Batc
 function of (seed, step), and an orbax ``CheckpointManager`` in ``OUT/ckpt`` stores the trainable
 tree, the optimizer state, the step and the plan, so killing and re-running the same command
 continues with the same losses. A checkpoint whose plan differs from the requested one is
-refused. At the end the run writes ``OUT/merged/model.safetensors`` (adapter merged into the
-base, flat HF-style names with (out, in) weights) and, for PaCA and LoRA, an exact
-``OUT/lora_adapter`` (PEFT layout), plus ``OUT/summary.json``.
+refused. At the end the run writes ``OUT/merged`` (the adapter merged into the base: a model
+directory that ``transformers.AutoModelForCausalLM.from_pretrained`` and ``jaxsteer.load`` read,
+in the source's dtype, with its tokenizer files), for PaCA and LoRA an exact peft LoRA adapter
+``OUT/lora_adapter`` (``peft.PeftModel.from_pretrained``), for PaCA methods ``OUT/paca_adapter``
+(indices + deltas keyed by HF module names), plus ``OUT/summary.json``.
+
+``--alpha`` is LoRA's ``lora_alpha`` and PaCA's ``paca_alpha`` alike (scale ``alpha / rank``;
+default ``rank``, i.e. scale 1). ``paca_nf4`` / ``lora_nf4`` train on a 4-bit NormalFloat base
+(QLoRA's NF4, ``--nf4-block``, ``--double-quant``).
 """
 
 from __future__ import annotations
@@ -30,14 +36,15 @@ import optax
 from tqdm import tqdm
 
 import paca_jax
-from paca_jax._src.export import save_peft_adapter, save_safetensors, to_lora
+from paca_jax._src.export import save_merged, save_paca_adapter, save_peft_adapter, to_lora
 from paca_jax.models import CONFIGS, TinyLlama
 
 DEFAULT_TARGETS = r".*(q|k|v|o|gate|up|down)_proj"
+METHODS = ("paca", "paca_int8", "paca_nf4", "lora", "lora_nf4", "full")
 
 
 def _load_model(src: str, seed: int):
-  """(module, params, encode) for a built-in config name or a jaxsteer-loadable path."""
+  """(module, params, encode, config) for a built-in config name or a jaxsteer-loadable path."""
   if src in CONFIGS:
     cfg = CONFIGS[src]
     model = TinyLlama(cfg)
@@ -46,13 +53,14 @@ def _load_model(src: str, seed: int):
     def encode(text):
       return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) % cfg.vocab
 
-    return model, params, encode
+    return model, params, encode, cfg
   if not pathlib.Path(src).exists():
     raise FileNotFoundError(f"--model: {src!r} is neither a config in {sorted(CONFIGS)} nor a path")
   import jaxsteer
 
   lm = jaxsteer.load(src, dtype=jnp.float32)
-  return lm.module, lm.params, lambda text: np.asarray(lm.encode(text, add_bos=False), np.int32)
+  encode = lambda text: np.asarray(lm.encode(text, add_bos=False), np.int32)
+  return lm.module, lm.params, encode, lm.config
 
 
 def _batch(tokens: np.ndarray, batch: int, seq: int, seed: int, step: int):
@@ -62,12 +70,22 @@ def _batch(tokens: np.ndarray, batch: int, seq: int, seed: int, step: int):
   return {"x": x[:, :-1], "y": x[:, 1:]}
 
 
-def make_method(name: str, params, *, rank, alpha, targets, selector, seed):
-  if name in ("paca", "paca_int8"):
-    plan = paca_jax.select(params, targets, rank, jax.random.key(seed), selector=selector)
+def make_method(
+  name: str, params, *, rank, alpha, targets, selector, seed, nf4_block=64, double_quant=False
+):
+  """The method ``name`` (one of :data:`METHODS`); ``alpha`` scales PaCA rows and LoRA alike."""
+  if name in ("paca", "paca_int8", "paca_nf4"):
+    plan = paca_jax.select(
+      params, targets, rank, jax.random.key(seed), selector=selector, alpha=alpha
+    )
+    if name == "paca_nf4":
+      return paca_jax.PacaNf4(plan, nf4_block, double_quant)
     return paca_jax.Paca(plan) if name == "paca" else paca_jax.PacaInt8(plan)
-  if name == "lora":
-    return paca_jax.Lora(paca_jax.lora_plan(params, targets, rank, alpha))
+  if name in ("lora", "lora_nf4"):
+    plan = paca_jax.lora_plan(params, targets, rank, alpha)
+    if name == "lora_nf4":
+      return paca_jax.LoraNf4(plan, nf4_block, double_quant)
+    return paca_jax.Lora(plan)
   if name == "full":
     return paca_jax.Full()
   raise ValueError(f"unknown method {name!r}")
@@ -77,10 +95,21 @@ def _plan_json(method) -> str:
   plan = getattr(method, "plan", None)
   if plan is None:
     return json.dumps({"method": method.name})
+  extra = {}
+  if hasattr(method, "block_size"):
+    extra = {"block_size": method.block_size, "double_quant": method.double_quant}
   if isinstance(plan, paca_jax.Plan):
-    return json.dumps({"method": method.name, "plan": json.loads(plan.to_json())}, sort_keys=True)
+    return json.dumps(
+      {"method": method.name, "plan": json.loads(plan.to_json()), **extra}, sort_keys=True
+    )
   return json.dumps(
-    {"method": method.name, "paths": list(plan.paths), "rank": plan.rank, "alpha": plan.alpha},
+    {
+      "method": method.name,
+      "paths": list(plan.paths),
+      "rank": plan.rank,
+      "alpha": plan.alpha,
+      **extra,
+    },
     sort_keys=True,
   )
 
@@ -91,10 +120,19 @@ def build_parser():
   p = OneLineParser(prog="python -m paca_jax.train", description=__doc__.split("\n")[0])
   p.add_argument("--model", required=True)
   p.add_argument("--data", required=True, help="a UTF-8 text file")
-  p.add_argument("--method", choices=["paca", "paca_int8", "lora", "full"], default="paca")
+  p.add_argument("--method", choices=METHODS, default="paca")
   p.add_argument("--rank", type=positive_int, default=8)
-  p.add_argument("--alpha", type=positive_float, default=None, help="LoRA alpha (default: rank)")
-  p.add_argument("--targets", default=DEFAULT_TARGETS, help="regex over module paths")
+  p.add_argument(
+    "--alpha",
+    type=positive_float,
+    default=None,
+    help="LoRA / PaCA alpha: scale alpha/rank (default: rank)",
+  )
+  p.add_argument(
+    "--targets", default=DEFAULT_TARGETS, help="regex over module paths or HF module names"
+  )
+  p.add_argument("--nf4-block", type=positive_int, default=64, help="NF4 block size (QLoRA: 64)")
+  p.add_argument("--double-quant", action="store_true", help="NF4 double quantisation")
   p.add_argument("--selector", default="random")
   p.add_argument(
     "--max-chars", type=non_negative_int, default=0, help="use only the first N characters (0: all)"
@@ -108,7 +146,13 @@ def build_parser():
   p.add_argument("--ckpt-every", type=positive_int, default=50)
   p.add_argument("--eval-every", type=non_negative_int, default=0, help="0: only at the end")
   p.add_argument("--eval-batches", type=positive_int, default=4)
-  p.add_argument("--export", choices=["all", "merged", "lora", "none"], default="all")
+  p.add_argument("--export", choices=["all", "merged", "lora", "paca", "none"], default="all")
+  p.add_argument(
+    "--max-shard-bytes",
+    type=positive_int,
+    default=5 * 10**9,
+    help="shard the merged model above this size (with an index)",
+  )
   p.add_argument(
     "--stop-after", type=positive_int, default=None, help="exit after this step (testing)"
   )
@@ -179,7 +223,7 @@ def run(args) -> dict:
     raise FileNotFoundError(f"--data: no such file {data_path}")
   out = pathlib.Path(args.out).absolute()
   out.mkdir(parents=True, exist_ok=True)
-  model, params, encode = _load_model(args.model, args.seed)
+  model, params, encode, model_cfg = _load_model(args.model, args.seed)
   text = data_path.read_text(encoding="utf-8")
   tokens = encode(text[: args.max_chars] if args.max_chars else text)
   split = int(0.9 * len(tokens))
@@ -194,6 +238,8 @@ def run(args) -> dict:
     targets=args.targets,
     selector=args.selector,
     seed=args.seed,
+    nf4_block=args.nf4_block,
+    double_quant=args.double_quant,
   )
   trainer = paca_jax.Trainer(method, paca_jax.lm_loss_fn(model), optax.adam(args.lr))
   state = trainer.init(params, jax.random.key(args.seed + 1))
@@ -283,14 +329,27 @@ def run(args) -> dict:
   evals[end] = eval_loss()
   summary["eval_losses"] = evals
   summary["eval_loss"] = evals[end]
+  source = None if args.model in CONFIGS else args.model
   if args.export in ("all", "merged"):
     summary["merged"] = str(
-      save_safetensors(trainer.merged_params(state), out / "merged" / "model.safetensors")
+      save_merged(
+        trainer.merged_params(state),
+        out / "merged",
+        config=model_cfg,
+        source=source,
+        max_shard_bytes=args.max_shard_bytes,
+      )
     )
-  if args.export in ("all", "lora") and args.method in ("paca", "lora"):
+  if args.export in ("all", "lora") and args.method in ("paca", "lora", "lora_nf4"):
     adapters = to_lora(method, params, state.trainable)
     summary["lora_adapter"] = str(
       save_peft_adapter(adapters, out / "lora_adapter", base_model=args.model)
+    )
+  if args.export in ("all", "paca") and args.method.startswith("paca"):
+    summary["paca_adapter"] = str(
+      save_paca_adapter(
+        method, params, state.trainable, out / "paca_adapter", base_model=args.model
+      )
     )
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   mngr.close()

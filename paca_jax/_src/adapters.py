@@ -16,7 +16,9 @@ step::
   merged = method.merge(frozen, trainable)          # a plain params tree for export
 
 Trainable trees are nested dicts that mirror the model's module paths, with leaves ``rows``
-(PaCA, ``(r, out)``), ``a``/``b`` (LoRA), or the whole params tree (full fine-tuning).
+(PaCA, ``(r, out)``), ``a``/``b`` (LoRA), or the whole params tree (full fine-tuning). With a plan
+``alpha`` the stored ``rows`` are the kernel rows divided by ``s = alpha / r`` (:func:`row_values`
+gives the kernel rows); without one (or ``alpha == r``) they are the kernel rows themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from paca_jax._src.nf4 import dequantize_nf4, nf4_matmul, nf4_partial_matmul, quantize_nf4
 from paca_jax._src.ops import partial_matmul, take_rows, write_rows_into
 from paca_jax._src.plan import Plan, PlanEntry, find_kernels, match_targets, path_seed
 from paca_jax._src.tree import delete_path, get_path, iter_paths, nested_from_paths, set_path
@@ -40,12 +43,15 @@ __all__ = [
   "Lora",
   "LoraPlan",
   "Full",
+  "LoraNf4",
+  "PacaNf4",
   "intercept",
   "write_rows",
   "quantize_int8",
   "dequantize_int8",
   "int8_partial_matmul",
   "lora_plan",
+  "row_values",
 ]
 
 
@@ -102,6 +108,16 @@ def _intercepting(paths, compute, strict: bool = True):
     )
 
 
+def _scaled(rows, s: float):
+  """``s * rows``; no operation at all for ``s == 1`` (so scale-1 plans keep their numbers)."""
+  return rows if s == 1.0 else rows * jnp.asarray(s, rows.dtype)
+
+
+def row_values(plan: Plan, trainable, path: str):
+  """The kernel rows ``(r, out)`` of module ``path``: the stored rows times ``alpha / r``."""
+  return _scaled(get_path(trainable, path)["rows"], plan.scale(path))
+
+
 def _paca_compute(plan: Plan, rows, merged: bool):
   def compute(module, x, path, next_fun):
     del next_fun
@@ -110,7 +126,7 @@ def _paca_compute(plan: Plan, rows, merged: bool):
     _, out_shape = _dense_geometry(module, kernel.shape)
     dtype = module.dtype or jnp.result_type(x.dtype, kernel.dtype)
     k2 = kernel.reshape(e.in_features, e.out_features).astype(dtype)
-    y = partial_matmul(x.astype(dtype), k2, get_path(rows, path)["rows"], e.idx, merged=merged)
+    y = partial_matmul(x.astype(dtype), k2, row_values(plan, rows, path), e.idx, merged=merged)
     b = _bias(module, dtype, out_shape)
     if b is not None:
       y = y + b
@@ -137,7 +153,7 @@ def write_rows(params, plan: Plan, rows):
   params = _unwrap(params)
   for e in plan:
     k = get_path(params, e.path)["kernel"]
-    r = get_path(rows, e.path)["rows"].reshape(e.rank, *e.shape[1:])
+    r = row_values(plan, rows, e.path).reshape(e.rank, *e.shape[1:])
     params = set_path(params, e.path + "/kernel", write_rows_into(k, e.idx, r))
   return params
 
@@ -147,7 +163,9 @@ def _init_rows(params, plan: Plan):
   out = {}
   for e in plan:
     k = get_path(params, e.path)["kernel"]
-    out[e.path] = {"rows": take_rows(k, e.idx).reshape(e.rank, e.out_features).astype(jnp.float32)}
+    rows = take_rows(k, e.idx).reshape(e.rank, e.out_features).astype(jnp.float32)
+    s = plan.scale(e.path)
+    out[e.path] = {"rows": rows if s == 1.0 else rows / jnp.float32(s)}
   return nested_from_paths(out)
 
 
@@ -283,7 +301,7 @@ class PacaInt8:
       _, out_shape = _dense_geometry(module, e.shape)
       dtype = module.dtype or x.dtype
       y = int8_partial_matmul(
-        x.astype(dtype), qd["q"], qd["qscale"], get_path(trainable, path)["rows"], e.idx
+        x.astype(dtype), qd["q"], qd["qscale"], row_values(plan, trainable, path), e.idx
       )
       b = _bias(module, dtype, out_shape)
       if b is not None:
@@ -297,7 +315,91 @@ class PacaInt8:
     for e in self.plan:
       qd = get_path(frozen["quant"], e.path)
       k = dequantize_int8(qd["q"], qd["qscale"], dtype)
-      k = write_rows_into(k, e.idx, get_path(trainable, e.path)["rows"])
+      k = write_rows_into(k, e.idx, row_values(self.plan, trainable, e.path))
+      params = set_path(params, e.path + "/kernel", k.reshape(e.shape))
+    return params
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
+# ------------------------------------------------------------------------------- NF4 PaCA
+
+
+def _check_block(block_size):
+  if not isinstance(block_size, int) or block_size <= 0 or block_size % 2:
+    raise ValueError(f"NF4 block_size must be a positive even integer, got {block_size!r}")
+
+
+def _nf4_geometry(e):
+  return (e.out_features, e.in_features)  # PyTorch orientation, as bitsandbytes quantises it
+
+
+@dataclasses.dataclass(frozen=True)
+class PacaNf4:
+  """QPaCA on a 4-bit NormalFloat base (QLoRA's NF4, see ``paca_jax/_src/nf4.py``).
+
+  The targeted kernels leave the params tree; ``frozen = {"params": rest, "quant": {path: NF4
+  arrays}}``, each kernel quantised in PyTorch orientation ``(out, in)`` with its selected rows
+  zeroed (so the base never holds them), blocks of ``block_size`` (QLoRA: 64), optionally with
+  double-quantised scales. The rows are float32 and enter the matmul unquantised; the base is
+  dequantised (to the activation dtype) inside the partial matmul.
+  """
+
+  plan: Plan
+  block_size: int = 64
+  double_quant: bool = False
+  name: str = "paca_nf4"
+
+  def __post_init__(self):
+    _check_block(self.block_size)
+
+  def init(self, params, key=None):
+    del key
+    params = _unwrap(params)
+    rows = _init_rows(params, self.plan)
+    quant, rest = {}, params
+    for e in self.plan:
+      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
+      k0 = write_rows_into(k.astype(jnp.float32), e.idx, jnp.zeros((e.rank, e.out_features)))
+      quant[e.path] = quantize_nf4(k0.T, self.block_size, self.double_quant)
+      rest = delete_path(rest, e.path + "/kernel")
+    return {"params": rest, "quant": nested_from_paths(quant)}, rows
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return frozen["params"]
+
+  def context(self, frozen, trainable):
+    plan, block = self.plan, self.block_size
+
+    def compute(module, x, path, next_fun):
+      e = plan[path]
+      _, out_shape = _dense_geometry(module, e.shape)
+      dtype = module.dtype or x.dtype
+      y = nf4_partial_matmul(
+        x.astype(dtype),
+        get_path(frozen["quant"], path),
+        row_values(plan, trainable, path),
+        e.idx,
+        _nf4_geometry(e),
+        block,
+      )
+      b = _bias(module, dtype, out_shape)
+      if b is not None:
+        y = y + b
+      return y.reshape(*x.shape[:-1], *out_shape)
+
+    return _intercepting(plan.paths, compute)
+
+  def merge(self, frozen, trainable, dtype=jnp.float32):
+    params = frozen["params"]
+    for e in self.plan:
+      qd = get_path(frozen["quant"], e.path)
+      k = dequantize_nf4(qd, _nf4_geometry(e), self.block_size, dtype).T
+      k = write_rows_into(k, e.idx, row_values(self.plan, trainable, e.path))
       params = set_path(params, e.path + "/kernel", k.reshape(e.shape))
     return params
 
@@ -402,6 +504,70 @@ class Lora:
       ab = get_path(trainable, e.path)
       d = (self.plan.scale * (ab["a"] @ ab["b"])).reshape(e.shape)
       params = set_path(params, e.path + "/kernel", (k.astype(jnp.float32) + d).astype(k.dtype))
+    return params
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraNf4:
+  """QLoRA-style baseline: LoRA (as :class:`Lora`) on the same NF4 base as :class:`PacaNf4`.
+
+  The targeted kernels are NF4 (whole, no rows zeroed); the adapters ``a``/``b`` are float32.
+  """
+
+  plan: LoraPlan
+  block_size: int = 64
+  double_quant: bool = False
+  name: str = "lora_nf4"
+
+  def __post_init__(self):
+    _check_block(self.block_size)
+
+  def init(self, params, key=None):
+    params = _unwrap(params)
+    _, adapters = Lora(self.plan).init(params, key)
+    quant, rest = {}, params
+    for e in self.plan:
+      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
+      quant[e.path] = quantize_nf4(k.astype(jnp.float32).T, self.block_size, self.double_quant)
+      rest = delete_path(rest, e.path + "/kernel")
+    return {"params": rest, "quant": nested_from_paths(quant)}, adapters
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return frozen["params"]
+
+  def context(self, frozen, trainable):
+    plan, block = self.plan, self.block_size
+
+    def compute(module, x, path, next_fun):
+      e = plan[path]
+      _, out_shape = _dense_geometry(module, e.shape)
+      dtype = module.dtype or x.dtype
+      xd = x.astype(dtype)
+      y = nf4_matmul(xd, get_path(frozen["quant"], path), _nf4_geometry(e), block)
+      ab = get_path(trainable, path)
+      delta = jnp.matmul(jnp.matmul(xd, ab["a"].astype(dtype)), ab["b"].astype(dtype))
+      y = y + (plan.scale * delta).astype(dtype)
+      b = _bias(module, dtype, out_shape)
+      if b is not None:
+        y = y + b
+      return y.reshape(*x.shape[:-1], *out_shape)
+
+    return _intercepting(plan.paths, compute)
+
+  def merge(self, frozen, trainable, dtype=jnp.float32):
+    params = frozen["params"]
+    for e in self.plan:
+      qd = get_path(frozen["quant"], e.path)
+      k = dequantize_nf4(qd, _nf4_geometry(e), self.block_size, jnp.float32).T
+      ab = get_path(trainable, e.path)
+      k = k + self.plan.scale * (ab["a"] @ ab["b"])
+      params = set_path(params, e.path + "/kernel", k.reshape(e.shape).astype(dtype))
     return params
 
   def num_trainable(self, trainable=None) -> int:

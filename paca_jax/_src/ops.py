@@ -76,11 +76,12 @@ def _gather_flags(sorted_: bool) -> dict:
 
 def take_rows(w: jax.Array, idx) -> jax.Array:
   """``w[idx]`` along axis 0 (in-bounds, unique indices promised after validation)."""
-  return w.at[jnp.asarray(idx, jnp.int32)].get(**_gather_flags(_sorted(idx)))
+  return jnp.asarray(w).at[jnp.asarray(idx, jnp.int32)].get(**_gather_flags(_sorted(idx)))
 
 
 def write_rows_into(w: jax.Array, idx, rows: jax.Array) -> jax.Array:
   """``w.at[idx].set(rows)`` with the scatter flags that let XLA update ``w`` in place."""
+  w = jnp.asarray(w)
   return w.at[jnp.asarray(idx, jnp.int32)].set(rows.astype(w.dtype), **_gather_flags(_sorted(idx)))
 
 

@@ -6,11 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 from tolerances import assert_close
 
 from paca_jax import train
-from paca_jax.export import apply_lora
+from paca_jax.export import load_paca_adapter, save_merged
 from paca_jax.models import CONFIGS, TinyLlama
 
 pytestmark = pytest.mark.entry
@@ -29,10 +28,11 @@ def _args(data, out, *extra):
   return [
     "--model", "nano", "--data", str(data), "--out", str(out), "--method", "paca",
     "--rank", "4", "--steps", "4", "--ckpt-every", "2", "--seq", "16", "--batch", "4",
-    "--lr", "1e-2", "--eval-batches", "2", "--no-progress", *extra,
+    "--lr", "1e-2", "--eval-batches", "2", "--no-progress", "--alpha", "8", *extra,
   ]  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 def test_resume_matches_uninterrupted_and_exports(text_file, tmp_path):
   full = train.main(_args(text_file, tmp_path / "a"))
   part = train.main(_args(text_file, tmp_path / "b", "--stop-after", "2", "--export", "none"))
@@ -50,35 +50,27 @@ def test_resume_matches_uninterrupted_and_exports(text_file, tmp_path):
   assert_close(np.float32(rest["eval_loss"]), np.float32(full["eval_loss"]))
   assert full["trainable_params"] == 4 * (16 * 5 + 24 * 2)  # r * out over q,k,v,o,down + gate,up
 
-  # exports: merged safetensors == base + exact LoRA adapter, same logits
-  merged = load_file(tmp_path / "a" / "merged" / "model.safetensors")
-  ad = load_file(tmp_path / "a" / "lora_adapter" / "adapter_model.safetensors")
-  cfg = json.loads((tmp_path / "a" / "lora_adapter" / "adapter_config.json").read_text())
-  assert cfg["r"] == 4 and cfg["lora_alpha"] == 4
+  # exports: a merged HF model dir, a peft adapter and the PaCA form, all with alpha = 8
+  import peft
+  import torch
+  import transformers
+
   model = TinyLlama(CONFIGS["nano"])
   base = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
-  adapters = {}
-  for k in ad:
-    if k.endswith("lora_A.weight"):
-      path = k[len("base_model.model.") : -len(".lora_A.weight")].replace(".", "/")
-      b = ad[k.replace("lora_A", "lora_B")]
-      adapters[path] = {"a": ad[k].T, "b": b.T, "scale": 1.0}
-      assert ad[k].shape == (4, 16 if "down" not in path else 24)
-      assert np.all(ad[k].sum(axis=1) == 1.0)  # one-hot row selector
-  assert len(adapters) == 7
-  via_lora = apply_lora(base, adapters)
-  tokens = jax.random.randint(jax.random.key(5), (2, 16), 0, 64)
-  logits_lora = model.apply({"params": via_lora}, tokens)
-
-  def from_st(path, leaf):
-    name = ".".join(p.key for p in path[:-1])
-    arr = merged[f"{name}.weight"]
-    return jnp.asarray(arr.T if path[-1].key == "kernel" else arr)
-
-  via_st = jax.tree_util.tree_map_with_path(from_st, base)
-  logits_st = model.apply({"params": via_st}, tokens)
-  assert_close(logits_lora, logits_st)
-  assert not np.allclose(np.asarray(model.apply({"params": base}, tokens)), np.asarray(logits_st))
+  base_dir = save_merged(base, tmp_path / "base", config=CONFIGS["nano"])
+  out = tmp_path / "a"
+  assert json.loads((out / "lora_adapter" / "adapter_config.json").read_text())["lora_alpha"] == 8
+  assert json.loads((out / "paca_adapter" / "paca_config.json").read_text())["paca_alpha"] == 8
+  tokens = np.array(jax.random.randint(jax.random.key(5), (2, 16), 0, 64))
+  method, rows = load_paca_adapter(out / "paca_adapter", base)
+  want = np.asarray(model.apply({"params": method.merge(base, rows)}, tokens))
+  assert not np.allclose(np.asarray(model.apply({"params": base}, tokens)), want, atol=1e-3)
+  with torch.no_grad():
+    merged = transformers.AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert_close(merged(torch.as_tensor(tokens)).logits.numpy(), want, atol=1e-4, rtol=0)
+    hf_base = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+    lora = peft.PeftModel.from_pretrained(hf_base, out / "lora_adapter").eval()
+    assert_close(lora(torch.as_tensor(tokens)).logits.numpy(), want, atol=1e-4, rtol=0)
 
 
 def test_bad_paths(tmp_path, text_file):
@@ -88,3 +80,14 @@ def test_bad_paths(tmp_path, text_file):
     args = _args(text_file, tmp_path / "d")
     args[args.index("--model") + 1] = str(tmp_path / "nope.bin")
     train.main(args)
+
+
+def test_make_method_alpha_and_nf4(tiny):
+  _, params, _ = tiny
+  kw = dict(rank=4, alpha=8.0, targets=r".*_proj", selector="random", seed=0)
+  paca = train.make_method("paca_nf4", params, nf4_block=32, double_quant=True, **kw)
+  assert paca.name == "paca_nf4" and paca.block_size == 32 and paca.double_quant
+  assert paca.plan.alpha == 8.0 and paca.plan.scale("layers_0/attn/q_proj") == 2.0
+  lora = train.make_method("lora_nf4", params, **kw)
+  assert lora.name == "lora_nf4" and lora.plan.scale == 2.0
+  assert train.make_method("paca", params, **{**kw, "alpha": None}).plan.alpha is None
