@@ -6,8 +6,12 @@
 """
 
 from jaxsteer._src.attribution import BASELINES as BASELINES
+from jaxsteer._src.attribution import ON_UNCONVERGED as ON_UNCONVERGED
 from jaxsteer._src.attribution import QUADRATURE as QUADRATURE
 from jaxsteer._src.attribution import ContrastiveAttribution as ContrastiveAttribution
+from jaxsteer._src.attribution import IGConvergenceError as IGConvergenceError
+from jaxsteer._src.attribution import IGConvergenceWarning as IGConvergenceWarning
+from jaxsteer._src.attribution import IGResult as IGResult
 from jaxsteer._src.attribution import baseline_embeddings as baseline_embeddings
 from jaxsteer._src.attribution import contrastive as contrastive
 from jaxsteer._src.attribution import integrated_gradients as integrated_gradients
@@ -16,8 +20,12 @@ from jaxsteer._src.attribution import response_logprob as response_logprob
 
 __all__ = [
   "BASELINES",
+  "ON_UNCONVERGED",
   "QUADRATURE",
   "ContrastiveAttribution",
+  "IGConvergenceError",
+  "IGConvergenceWarning",
+  "IGResult",
   "baseline_embeddings",
   "contrastive",
   "integrated_gradients",

@@ -8,6 +8,12 @@ Sundararajan et al. (2017) Integrated Gradients, as used by GrAInS (Nguyen et al
 The integral is a quadrature over ``steps`` points (Gauss-Legendre by default, as captum), evaluated
 in batches with ``jax.lax.map(..., batch_size=chunk_size)`` (vmap in chunks, bounding memory).
 
+``contrastive`` (and ``grains.fit``) never return an unconverged attribution silently: the points
+start at ``steps`` and double, up to ``max_steps``, until every sequence's completeness error is at
+most 5 % of its objective change (spec section 2.10.2); at the cap ``on_unconverged`` raises,
+warns or ignores. Shapes are fixed (batches padded to ``batch_size``, widths to powers of two,
+points in chunks of one size), so the doubling compiles nothing new.
+
   >>> import jax.numpy as jnp
   >>> attr, delta = integrated_gradients(lambda x: jnp.sum(x ** 2), jnp.ones(3), steps=8)
 """
@@ -82,7 +88,7 @@ def integrated_path_gradients(
   per_point = jax.lax.map(
     point,
     (jnp.asarray(nodes, jnp.float32), jnp.asarray(weights, jnp.float32)),
-    batch_size=chunk_size,
+    batch_size=len(nodes) if chunk_size is None else chunk_size,
   )
   avg = jax.tree.map(lambda g: jnp.sum(g, axis=0), per_point)
   return jax.tree.map(lambda d, g: d.astype(jnp.float32) * g, diff, avg)
@@ -105,7 +111,7 @@ def integrated_gradients(
     baseline: the reference input (default: zeros).
     steps: number of quadrature points.
     method: ``gauss_legendre`` or ``riemann_left|right|middle|trapezoid``.
-    chunk_size: evaluate this many points at once (default: all at once).
+    chunk_size: evaluate this many points at once (default: all at once, vmapped).
 
   Returns:
     ``(attributions, delta)``: attributions shaped like ``x`` (float32) and the completeness error
@@ -170,6 +176,24 @@ class ImageInputs:
   image_sizes: np.ndarray | None = None
 
 
+def check_ids(lm, ids) -> None:
+  """NumPy-only validation of one token-id row (``lm._check_ids`` without a device transfer,
+  which would compile a conversion per sequence length)."""
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+    raise ValueError(f"token ids must be a 1-D integer sequence, got shape {ids.shape}")
+  if not ids.size:
+    raise ValueError("empty prompt: input_ids has no tokens")
+  v = lm.config.vocab_size
+  if ids.min() < 0 or ids.max() >= v:
+    raise ValueError(f"token ids must lie in [0, {v}); got min {ids.min()}, max {ids.max()}")
+  limit = lm.config.max_position_embeddings
+  if ids.shape[0] > limit:
+    raise ValueError(
+      f"sequence of {ids.shape[0]} tokens is longer than the model's context of {limit}"
+    )
+
+
 def encode_pair(lm, prompt, response, images=None, separator=" "):
   """``(ids, prompt_len, image_inputs)`` of ``prompt + separator + response``.
 
@@ -215,6 +239,9 @@ class ContrastiveAttribution:
   objective: float
   baseline_objective: float
   delta: float
+  rel_error: float = float("nan")
+  steps: int = 0
+  converged: bool = True
   image_token_id: int | None = None
   image_inputs: ImageInputs | None = None
   image_layout: dict | None = None
@@ -402,61 +429,271 @@ def input_embeddings(lm, ids, images=None):
   return jnp.concatenate(rows)
 
 
-@functools.partial(
-  jax.jit, static_argnames=("module", "factory", "steps", "method", "chunk_size", "reduce")
-)
-def contrastive_ig(
-  module,
-  factory,
-  params,
-  args,
-  ids_pos,
-  ids_neg,
-  mask_pos,
-  mask_neg,
-  resp_pos,
-  resp_neg,
-  x_pos,
-  x_neg,
-  base_pos,
-  base_neg,
-  *,
-  steps,
-  method,
-  chunk_size,
-  reduce,
-):
-  """Contrastive IG for a batch of pairs (right-padded). Returns per-token scores and diagnostics.
+# ------------------------------------------------------------------------------------------------
+# Contrastive IG with adaptive quadrature: fixed shapes, chunks of points, doubling to convergence.
 
-  Objective per pair: log P(y+ | x) - log P(y- | x). The input is the decoder's input sequence of
-  both sequences, ``(x_pos, x_neg)`` (token embeddings, with projected image features at image
-  tokens for a VLM), and ``(base_pos, base_neg)`` is the baseline.
-  """
+ON_UNCONVERGED = ("raise", "warn", "ignore")
+DEFAULT_STEPS = 16
+DEFAULT_MAX_STEPS = 512
+DEFAULT_RTOL = 0.05  # spec section 2.10.2: |delta| <= 5 % of |F(x) - F(baseline)| per sequence
+DEFAULT_ATOL = 1e-3  # nats: a floor for sequences whose objective barely moves along the path
+DEFAULT_CHUNK = 16  # IG points evaluated together (one vmapped forward + backward)
+
+
+class IGConvergenceError(RuntimeError):
+  """Integrated Gradients did not reach the completeness tolerance within ``max_steps`` points."""
+
+
+class IGConvergenceWarning(RuntimeWarning):
+  """``on_unconverged="warn"``: some attributions are returned above the completeness tolerance."""
+
+
+def _logp(module, factory, params, args, reduce):
   from jaxsteer._src.models.lm import _apply
 
   def logp(e, ids, mask, resp):
     logits = _apply(module, factory, params, args, inputs_embeds=e, attention_mask=mask)
     return response_logprob(logits, ids, resp, reduce)
 
-  def fvec(es):
-    e_pos, e_neg = es
-    return logp(e_pos, ids_pos, mask_pos, resp_pos) - logp(e_neg, ids_neg, mask_neg, resp_neg)
+  return logp
 
-  x = (x_pos.astype(jnp.float32), x_neg.astype(jnp.float32))
-  base = (base_pos.astype(jnp.float32), base_neg.astype(jnp.float32))
-  attr = integrated_path_gradients(
-    jax.grad(lambda es: jnp.sum(fvec(es))),
-    x,
-    base,
-    steps=steps,
-    method=method,
-    chunk_size=chunk_size,
+
+@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce"))
+def contrastive_objectives(module, factory, params, args, batch, *, reduce):
+  """``(log P(y+) at x, log P(y-) at x, log P(y+) at baseline, log P(y-) at baseline)`` (B,) each.
+
+  ``batch`` holds ``ids_pos, ids_neg, mask_pos, mask_neg, resp_pos, resp_neg`` (B, T) and
+  ``x_pos, x_neg, base_pos, base_neg`` (B, T, D): the decoder's input sequences and the baselines.
+  """
+  logp = _logp(module, factory, params, args, reduce)
+  b = batch
+  return (
+    logp(b["x_pos"], b["ids_pos"], b["mask_pos"], b["resp_pos"]),
+    logp(b["x_neg"], b["ids_neg"], b["mask_neg"], b["resp_neg"]),
+    logp(b["base_pos"], b["ids_pos"], b["mask_pos"], b["resp_pos"]),
+    logp(b["base_neg"], b["ids_neg"], b["mask_neg"], b["resp_neg"]),
   )
-  s_pos = jnp.sum(attr[0], axis=-1) * mask_pos
-  s_neg = jnp.sum(attr[1], axis=-1) * mask_neg
-  fx, fb = fvec(x), fvec(base)
-  delta = jnp.sum(s_pos, -1) + jnp.sum(s_neg, -1) - (fx - fb)
-  return s_pos, s_neg, fx, fb, delta
+
+
+@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce"))
+def contrastive_ig_chunk(module, factory, params, args, batch, nodes, weights, *, reduce):
+  """Per-token IG scores (B, T) of both sequences from the quadrature points ``nodes``/``weights``.
+
+  Objective per pair: log P(y+ | x) - log P(y- | x), so positive scores support the preferred
+  response on both sequences. The points are evaluated together (one vmapped forward + backward);
+  a full quadrature is the sum of its chunks (the scores are linear in the weights), so any number
+  of points runs through one compiled program.
+  """
+  logp = _logp(module, factory, params, args, reduce)
+  b = batch
+
+  def f(es):
+    e_pos, e_neg = es
+    return jnp.sum(logp(e_pos, b["ids_pos"], b["mask_pos"], b["resp_pos"])) - jnp.sum(
+      logp(e_neg, b["ids_neg"], b["mask_neg"], b["resp_neg"])
+    )
+
+  x = (b["x_pos"].astype(jnp.float32), b["x_neg"].astype(jnp.float32))
+  base = (b["base_pos"].astype(jnp.float32), b["base_neg"].astype(jnp.float32))
+  diff = jax.tree.map(jnp.subtract, x, base)
+  grad = jax.grad(f)
+
+  def point(a, w):
+    xa = jax.tree.map(lambda z, d: z + a * d, base, diff)
+    return jax.tree.map(lambda g: w * g, grad(xa))
+
+  g = jax.tree.map(lambda t: jnp.sum(t, axis=0), jax.vmap(point)(nodes, weights))
+  s_pos = jnp.sum(diff[0] * g[0], axis=-1) * b["mask_pos"]
+  s_neg = jnp.sum(diff[1] * g[1], axis=-1) * b["mask_neg"]
+  return s_pos, s_neg
+
+
+def pow2_width(n: int, limit: int, smallest: int = 16) -> int:
+  """The smallest power of two >= ``n`` (at least ``smallest``), capped at ``limit``."""
+  w = smallest
+  while w < n:
+    w *= 2
+  return max(min(w, limit), n)
+
+
+@dataclasses.dataclass
+class IGResult:
+  """Contrastive IG of a list of pairs, converged (or not) per pair.
+
+  Attributes:
+    scores_pos, scores_neg: per pair, the per-token scores (trimmed to the sequence length).
+    objective, baseline_objective: per pair, F at the input and at the baseline.
+    delta: per pair, the joint completeness error (both sequences).
+    rel_error: per pair, the larger of the two sequences' relative completeness errors
+      ``|delta_s| / |F_s(x) - F_s(baseline)|``.
+    steps: per pair, the number of quadrature points of the returned scores.
+    converged: per pair, whether ``|delta_s| <= rtol |F_s(x) - F_s(b)| + atol`` for both sequences.
+  """
+
+  scores_pos: list
+  scores_neg: list
+  objective: np.ndarray
+  baseline_objective: np.ndarray
+  delta: np.ndarray
+  rel_error: np.ndarray
+  steps: np.ndarray
+  converged: np.ndarray
+
+
+def check_ig_options(steps, max_steps, rtol, on_unconverged):
+  if int(steps) < 1:
+    raise ValueError(f"steps must be positive, got {steps}")
+  if max_steps is not None and int(max_steps) < int(steps):
+    raise ValueError(f"max_steps ({max_steps}) must be at least steps ({steps})")
+  if not (np.isfinite(rtol) and rtol > 0):
+    raise ValueError(f"rtol must be a positive number, got {rtol}")
+  if on_unconverged not in ON_UNCONVERGED:
+    raise ValueError(
+      f"on_unconverged must be one of {', '.join(ON_UNCONVERGED)}; got {on_unconverged!r}"
+    )
+
+
+def _pad_batch(rows, n_rows, width, pad_id):
+  """(n_rows, width) ids and mask of ``rows``; missing rows repeat the last one (discarded)."""
+  rows = list(rows) + [rows[-1]] * (n_rows - len(rows))
+  ids = np.full((n_rows, width), pad_id, np.int32)
+  mask = np.zeros((n_rows, width), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, : len(r)] = r
+    mask[i, : len(r)] = 1
+  return ids, mask
+
+
+def contrastive_batches(
+  lm,
+  pos,
+  neg,
+  *,
+  images=None,
+  steps: int = DEFAULT_STEPS,
+  max_steps: int | None = DEFAULT_MAX_STEPS,
+  rtol: float = DEFAULT_RTOL,
+  atol: float = DEFAULT_ATOL,
+  method: str = "gauss_legendre",
+  chunk_size: int | None = None,
+  reduce: str = "sum",
+  baseline: str = "pad",
+  batch_size: int = 8,
+  on_unconverged: str = "raise",
+  labels=None,
+  progress=None,
+) -> IGResult:
+  """Contrastive IG of ``(ids, prompt_len)`` rows, doubling the points until each pair converges.
+
+  Batches have exactly ``batch_size`` rows (a short last batch is padded with copies) and widths
+  that are powers of two, and the quadrature points run in chunks of a fixed size, so a fit
+  compiles one IG program per width, whatever the number of points.
+
+  Per batch the points start at ``steps`` and double (up to ``max_steps``) while a pair has a
+  sequence whose completeness error exceeds ``rtol |F_s(x) - F_s(baseline)| + atol``; each pair
+  keeps the scores of the first point count at which it converged. At the cap,
+  ``on_unconverged`` decides: ``raise`` an ``IGConvergenceError`` naming the pair, its error and
+  the points, ``warn`` (``IGConvergenceWarning``) or ``ignore``.
+  """
+  max_steps = int(steps) if max_steps is None else int(max_steps)
+  check_ig_options(steps, max_steps, rtol, on_unconverged)
+  n = len(pos)
+  labels = labels or [f"pair {i}" for i in range(n)]
+  images = images if images is not None else [None] * n
+  limit = lm.config.max_position_embeddings
+  chunk = int(chunk_size or DEFAULT_CHUNK)
+  chunk = min(chunk, int(steps))
+  f, a = lm.intercept
+  res = IGResult([None] * n, [None] * n, *(np.zeros(n) for _ in range(4)),
+                 np.zeros(n, np.int64), np.zeros(n, bool))  # fmt: skip
+  for b0 in range(0, n, batch_size):
+    idx = list(range(b0, min(n, b0 + batch_size)))
+    rows_p = [pos[i][0] for i in idx]
+    rows_n = [neg[i][0] for i in idx]
+    width = pow2_width(max(len(r) for r in rows_p + rows_n), limit)
+    ids_p, m_p = _pad_batch(rows_p, batch_size, width, lm.pad_id)
+    ids_n, m_n = _pad_batch(rows_n, batch_size, width, lm.pad_id)
+    r_p, r_n = m_p.copy(), m_n.copy()
+    for j in range(batch_size):
+      i = idx[min(j, len(idx) - 1)]
+      r_p[j, : pos[i][1]] = 0
+      r_n[j, : neg[i][1]] = 0
+    ims = [images[i] for i in idx]
+    ims = ims + [ims[-1]] * (batch_size - len(ims))
+    batch = dict(
+      ids_pos=jnp.asarray(ids_p),
+      ids_neg=jnp.asarray(ids_n),
+      mask_pos=jnp.asarray(m_p),
+      mask_neg=jnp.asarray(m_n),
+      resp_pos=jnp.asarray(r_p),
+      resp_neg=jnp.asarray(r_n),
+      x_pos=input_embeddings(lm, ids_p, ims),
+      x_neg=input_embeddings(lm, ids_n, ims),
+      base_pos=baseline_embeddings(lm, ids_p, baseline).astype(jnp.float32),
+      base_neg=baseline_embeddings(lm, ids_n, baseline).astype(jnp.float32),
+    )
+    lp_x, ln_x, lp_b, ln_b = (
+      np.asarray(t, np.float64)
+      for t in contrastive_objectives(lm.module, f, lm.params, a, batch, reduce=reduce)
+    )
+    dF_p, dF_n = lp_x - lp_b, -(ln_x - ln_b)  # each sequence's share of F(x) - F(b)
+    done = np.zeros(batch_size, bool)
+    done[len(idx) :] = True
+    s = int(steps)
+    while True:
+      nodes, weights = quadrature(method, s)
+      pad = -len(nodes) % chunk
+      nodes = np.concatenate([nodes, np.full(pad, 0.5)])
+      weights = np.concatenate([weights, np.zeros(pad)])
+      sp = np.zeros((batch_size, width))
+      sn = np.zeros((batch_size, width))
+      for c in range(0, len(nodes), chunk):
+        cp, cn = contrastive_ig_chunk(
+          lm.module, f, lm.params, a, batch,
+          jnp.asarray(nodes[c : c + chunk], jnp.float32),
+          jnp.asarray(weights[c : c + chunk], jnp.float32),
+          reduce=reduce,
+        )  # fmt: skip
+        sp += np.asarray(cp, np.float64)
+        sn += np.asarray(cn, np.float64)
+      d_p = sp.sum(-1) - dF_p
+      d_n = sn.sum(-1) - dF_n
+      rel = np.maximum(
+        np.abs(d_p) / np.maximum(np.abs(dF_p), 1e-30), np.abs(d_n) / np.maximum(np.abs(dF_n), 1e-30)
+      )
+      ok = (np.abs(d_p) <= rtol * np.abs(dF_p) + atol) & (np.abs(d_n) <= rtol * np.abs(dF_n) + atol)
+      for j, i in enumerate(idx):
+        if done[j]:
+          continue
+        res.scores_pos[i] = sp[j, : len(pos[i][0])].astype(np.float32)
+        res.scores_neg[i] = sn[j, : len(neg[i][0])].astype(np.float32)
+        res.objective[i] = dF_p[j] + dF_n[j] + (lp_b[j] - ln_b[j])
+        res.baseline_objective[i] = lp_b[j] - ln_b[j]
+        res.delta[i] = d_p[j] + d_n[j]
+        res.rel_error[i] = rel[j]
+        res.steps[i] = s
+        res.converged[i] = ok[j]
+        done[j] = ok[j]
+      if done.all() or s >= max_steps:
+        break
+      s = min(2 * s, max_steps)
+    if progress is not None:
+      progress.update(1)
+  bad = np.flatnonzero(~res.converged)
+  if len(bad) and on_unconverged != "ignore":
+    worst = bad[np.argmax(res.rel_error[bad])]
+    msg = (
+      f"Integrated Gradients did not converge for {len(bad)} of {n} pairs; worst: "
+      f"{labels[worst]} with relative completeness error {res.rel_error[worst]:.3g} "
+      f"(tolerance {rtol:g}) at {int(res.steps[worst])} points (max_steps={max_steps}). "
+      "Raise max_steps, try baseline='pad' or 'mean', or pass on_unconverged='warn'."
+    )
+    if on_unconverged == "raise":
+      raise IGConvergenceError(msg)
+    import warnings
+
+    warnings.warn(msg, IGConvergenceWarning, stacklevel=3)
+  return res
 
 
 def pad_rows(rows: Sequence[Sequence[int]], multiple: int = 16, pad_id: int = 0):
@@ -478,7 +715,10 @@ def contrastive(
   dispreferred,
   *,
   image=None,
-  steps: int = 20,
+  steps: int = DEFAULT_STEPS,
+  max_steps: int | None = DEFAULT_MAX_STEPS,
+  rtol: float = DEFAULT_RTOL,
+  on_unconverged: str = "raise",
   method: str = "gauss_legendre",
   chunk_size: int | None = None,
   reduce: str = "sum",
@@ -493,24 +733,29 @@ def contrastive(
     image: for a VLM, an image (path, PIL image, HxWx3 array) or a list of them, one per image
       placeholder in ``prompt``. Every image patch token is then scored alongside the text tokens:
       IG runs over the merged sequence of projected image features and text embeddings.
-    steps, method, chunk_size: the IG quadrature (see ``integrated_gradients``).
+    steps: the starting number of quadrature points; doubled until each sequence's completeness
+      error is at most ``rtol`` of its objective change (spec section 2.10.2), up to ``max_steps``
+      (``max_steps=steps`` gives a fixed count).
+    on_unconverged: at the cap, ``raise`` (``IGConvergenceError``), ``warn`` or ``ignore``.
+    method, chunk_size: the quadrature rule and how many points run together (default 16).
     reduce: ``sum`` (log-likelihood) or ``mean`` (per response token).
     separator: text between prompt and response.
     baseline: ``pad`` (default), ``zeros`` (the paper's) or ``mean``; see ``baseline_embeddings``.
       An image token's baseline is the same vector as a text token's.
 
   Returns:
-    A ``ContrastiveAttribution`` with per-token scores of both sequences and the completeness delta.
+    A ``ContrastiveAttribution`` with per-token scores of both sequences, the completeness delta,
+    the relative error and the number of points used.
   """
   ip, np_, im = encode_pair(lm, prompt, preferred, image, separator)
   iN, nn_, _ = encode_pair(lm, prompt, dispreferred, image, separator)
   for ids in (ip, iN):
-    lm._check_ids(np.asarray([ids]))
-  res = batch_contrastive(
-    lm, [(ip, np_)], [(iN, nn_)], steps, method, chunk_size, reduce, baseline=baseline,
-    images=[im],
+    check_ids(lm, ids)
+  r = contrastive_batches(
+    lm, [(ip, np_)], [(iN, nn_)], images=[im], steps=steps, max_steps=max_steps, rtol=rtol,
+    method=method, chunk_size=chunk_size, reduce=reduce, baseline=baseline, batch_size=1,
+    on_unconverged=on_unconverged,
   )  # fmt: skip
-  s_pos, s_neg, fx, fb, delta = (np.asarray(a)[0] for a in res)
 
   image_token = getattr(lm, "image_token_id", None)
 
@@ -529,52 +774,17 @@ def contrastive(
     ids_neg=np.asarray(iN),
     tokens_pos=pieces(ip),
     tokens_neg=pieces(iN),
-    scores_pos=s_pos[: len(ip)],
-    scores_neg=s_neg[: len(iN)],
+    scores_pos=r.scores_pos[0],
+    scores_neg=r.scores_neg[0],
     prompt_len_pos=np_,
     prompt_len_neg=nn_,
-    objective=float(fx),
-    baseline_objective=float(fb),
-    delta=float(delta),
+    objective=float(r.objective[0]),
+    baseline_objective=float(r.baseline_objective[0]),
+    delta=float(r.delta[0]),
+    rel_error=float(r.rel_error[0]),
+    steps=int(r.steps[0]),
+    converged=bool(r.converged[0]),
     image_token_id=image_token if im is not None else None,
     image_inputs=im,
     image_layout=image_layout(lm, im) if im is not None else None,
-  )
-
-
-def batch_contrastive(
-  lm, pos, neg, steps, method, chunk_size, reduce, multiple=16, baseline="pad", images=None
-):
-  """Runs ``contrastive_ig`` on lists of ``(ids, prompt_len)`` rows (right-padded buckets).
-
-  ``images``: ``None`` or one ``ImageInputs``/``None`` per pair (shared by its two sequences).
-  """
-  ids_pos, mask_pos = pad_rows([r for r, _ in pos], multiple, lm.pad_id)
-  ids_neg, mask_neg = pad_rows([r for r, _ in neg], multiple, lm.pad_id)
-  resp_pos = mask_pos.copy()
-  resp_neg = mask_neg.copy()
-  for i, (_, n) in enumerate(pos):
-    resp_pos[i, :n] = 0
-  for i, (_, n) in enumerate(neg):
-    resp_neg[i, :n] = 0
-  f, a = lm.intercept
-  return contrastive_ig(
-    lm.module,
-    f,
-    lm.params,
-    a,
-    jnp.asarray(ids_pos),
-    jnp.asarray(ids_neg),
-    jnp.asarray(mask_pos),
-    jnp.asarray(mask_neg),
-    jnp.asarray(resp_pos),
-    jnp.asarray(resp_neg),
-    input_embeddings(lm, ids_pos, images),
-    input_embeddings(lm, ids_neg, images),
-    baseline_embeddings(lm, ids_pos, baseline),
-    baseline_embeddings(lm, ids_neg, baseline),
-    steps=int(steps),
-    method=method,
-    chunk_size=chunk_size,
-    reduce=reduce,
   )

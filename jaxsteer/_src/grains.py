@@ -6,14 +6,16 @@
 2. Per sequence, the k most positive and the k most negative candidate tokens are masked (their
    embeddings replaced by the IG baseline, or their ids by the pad id).
 3. The deltas h(s) - h(mask(s)) of the last token's residual stream after each chosen decoder layer,
-   captured by interception, are aggregated over pairs (sign-aligned first principal component, or
-   the mean) into v+ (positive masks) and v- (negative masks); ``mode="both"`` gives v = v+ - v-.
+   captured by interception, are aggregated over pairs (the mean, or the sign-aligned first
+   principal component) into v+ (preferred sequences, positive masks) and v- (dispreferred
+   sequences, negative masks); ``mode="both"`` gives v = v+ - v-.
 4. ``jaxsteer.steer(lm, vectors, alpha)`` applies them with the per-token norm preserved.
 
 The corrections of the released code (spec section 2.10) are the defaults: teacher-forced response
 log-likelihood (B1), per-token renormalisation (B2), sign-aligned PCA (B4), residual-stream capture
-(B6), a single IG pass (B10). ``candidates="all"`` and ``mask_with="pad"`` reproduce the released
-candidate set and masking.
+(B6), a single IG pass (B10), IG run to convergence (section 2.10.2). The selection and aggregation
+defaults come from a measurement (see ``fit``); ``pairing="pooled"``, ``aggregate="pca"`` and
+``mask_with="pad"`` give the released code's aggregation and masking.
 
   >>> pairs = [Pair("Q: Is the earth flat?\\nA:", "No.", "Yes.")]  # doctest: +SKIP
   >>> vecs = fit(lm, pairs, layers=[3], k=2)  # doctest: +SKIP
@@ -39,11 +41,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxsteer._src.attribution import (
+  DEFAULT_MAX_STEPS,
+  DEFAULT_RTOL,
+  DEFAULT_STEPS,
+  IGResult,
   baseline_embeddings,
-  batch_contrastive,
+  check_ids,
+  check_ig_options,
+  contrastive_batches,
   encode_pair,
   input_embeddings,
-  pad_rows,
+  pow2_width,
 )
 from jaxsteer._src.distributed import to_host
 from jaxsteer._src.models.lm import _apply
@@ -81,6 +89,40 @@ def aggregate_pca(deltas: np.ndarray) -> np.ndarray:
   return v.astype(np.float32)
 
 
+PCA_MIN_T = 2.0  # |t| of the mean projection on PC1 below this: the PC's sign is a coin flip
+
+
+def aggregate_pca_checked(deltas: np.ndarray) -> tuple[np.ndarray, dict]:
+  """``aggregate_pca`` with a check that its sign can be trusted, and its statistics.
+
+  The first principal component of the centred deltas is oriented along the mean delta. With few
+  pairs (or deltas whose mean is small against their spread) the projection of the mean on PC1 is
+  not significant and the orientation is arbitrary: when ``|t| < 2`` for
+  ``t = mean(p) / (std(p) / sqrt(N))``, ``p`` the deltas' projections on PC1, the unit-normalised
+  mean is returned instead (``fallback: "mean"``). The explained-variance ratio of PC1 is recorded.
+  """
+  d = np.asarray(deltas, np.float64)
+  n = d.shape[0]
+  mean = d.mean(axis=0)
+  centred = d - mean
+  _, sv, vt = np.linalg.svd(centred, full_matrices=False)
+  total = float(np.sum(sv**2))
+  evr = float(sv[0] ** 2 / total) if total > 0 else 0.0
+  v = vt[0]
+  if float(v @ mean) < 0:
+    v = -v
+  p = d @ v
+  sd = float(np.std(p, ddof=1)) if n > 1 else 0.0
+  t = float(np.mean(p) / (sd / np.sqrt(n))) if sd > 0 else (np.inf if np.mean(p) > 0 else 0.0)
+  stats = dict(explained_variance=evr, t=t, n=int(n), fallback=None)
+  if not abs(t) >= PCA_MIN_T:
+    norm = float(np.linalg.norm(mean))
+    if norm > 0:
+      v = mean / norm
+      stats["fallback"] = "mean"
+  return v.astype(np.float32), stats
+
+
 AGGREGATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
   "mean": aggregate_mean,
   "pca": aggregate_pca,
@@ -88,7 +130,42 @@ AGGREGATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Steering vectors: a small container saved with orbax.
+# Steering vectors: a small container saved as one safetensors file.
+
+FORMAT = "jaxsteer.SteeringVectors/2"
+_LEGACY_FORMAT = "jaxsteer.SteeringVectors/1"  # a directory: orbax arrays + metadata.json
+
+
+def _is_legacy_save(path: pathlib.Path) -> bool:
+  """Whether ``path`` is a directory written by the orbax-based ``save`` (format 1)."""
+  meta = path / "metadata.json"
+  if not (path.is_dir() and meta.is_file() and (path / "arrays").is_dir()):
+    return False
+  try:
+    return json.loads(meta.read_text()).get("format") == _LEGACY_FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _is_safetensors_save(path: pathlib.Path) -> bool:
+  """Whether ``path`` is a file written by ``save`` (its header names our format)."""
+  if not path.is_file():
+    return False
+  try:
+    with open(path, "rb") as fh:
+      n = int.from_bytes(fh.read(8), "little")
+      if not 0 < n <= 1 << 24:
+        return False
+      header = json.loads(fh.read(n))
+    return header.get("__metadata__", {}).get("format") == FORMAT
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def is_steering_vectors_save(path) -> bool:
+  """Whether ``path`` holds a ``SteeringVectors`` save (safetensors file or legacy directory)."""
+  path = pathlib.Path(path)
+  return _is_safetensors_save(path) or _is_legacy_save(path)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +174,11 @@ class SteeringVectors:
 
   Attributes:
     layers: decoder-layer indices (sorted).
-    vectors: (len(layers), D) float32.
+    vectors: (len(layers), D) float32, finite.
     metadata: JSON-able description (source model, k, steps, method, ...).
+
+  Vectors combine: ``a + b``, ``a - b`` (same layers and width), ``c * a``, ``-a``, ``a / c`` and
+  ``a.normalized()`` (unit norm per layer).
   """
 
   layers: tuple[int, ...]
@@ -109,48 +189,145 @@ class SteeringVectors:
     v = np.asarray(self.vectors, np.float32)
     if v.ndim != 2 or v.shape[0] != len(self.layers):
       raise ValueError(f"vectors must be (len(layers)={len(self.layers)}, D); got {v.shape}")
+    bad = ~np.isfinite(v).all(axis=-1)
+    if bad.any():
+      raise ValueError(
+        "steering vectors contain NaN or infinite values (layers "
+        f"{[int(x) for x in np.asarray(self.layers)[bad]]})"
+      )
     object.__setattr__(self, "vectors", v)
     object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+    if len(set(self.layers)) != len(self.layers):
+      raise ValueError(f"duplicate layers {self.layers}")
 
   def __getitem__(self, layer: int) -> np.ndarray:
     return self.vectors[self.layers.index(layer)]
 
+  # -- arithmetic --------------------------------------------------------------------------------
+  def _combine(self, other, sign: float, op: str) -> SteeringVectors:
+    if not isinstance(other, SteeringVectors):
+      return NotImplemented
+    if other.layers != self.layers or other.vectors.shape != self.vectors.shape:
+      raise ValueError(
+        f"cannot {op} steering vectors of layers {self.layers} (width {self.vectors.shape[1]}) "
+        f"and layers {other.layers} (width {other.vectors.shape[1]})"
+      )
+    meta = dict(method=op, operands=[self.metadata, other.metadata])
+    return SteeringVectors(self.layers, self.vectors + sign * other.vectors, meta)
+
+  def __add__(self, other):
+    return self._combine(other, 1.0, "add")
+
+  def __sub__(self, other):
+    return self._combine(other, -1.0, "subtract")
+
+  def __mul__(self, c):
+    if isinstance(c, SteeringVectors) or not np.isscalar(c) and np.ndim(c) != 0:
+      return NotImplemented
+    c = float(c)
+    if not np.isfinite(c):
+      raise ValueError(f"cannot scale steering vectors by {c}")
+    meta = dict(method="scale", factor=c, operands=[self.metadata])
+    return SteeringVectors(self.layers, self.vectors * np.float32(c), meta)
+
+  __rmul__ = __mul__
+
+  def __truediv__(self, c):
+    c = float(c)
+    if c == 0 or not np.isfinite(c):
+      raise ValueError(f"cannot divide steering vectors by {c}")
+    return self * (1.0 / c)
+
+  def __neg__(self):
+    return self * -1.0
+
+  def normalized(self) -> SteeringVectors:
+    """Each layer's vector scaled to unit L2 norm (a zero vector is an error)."""
+    n = np.linalg.norm(self.vectors.astype(np.float64), axis=-1, keepdims=True)
+    if (n == 0).any():
+      zero = [lay for lay, z in zip(self.layers, (n[:, 0] == 0)) if z]
+      raise ValueError(f"cannot normalise a zero steering vector (layers {zero})")
+    meta = dict(method="normalized", operands=[self.metadata])
+    return SteeringVectors(self.layers, (self.vectors / n).astype(np.float32), meta)
+
+  # -- persistence -------------------------------------------------------------------------------
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes ``path`` atomically (orbax arrays + ``metadata.json``); overwrites an old one."""
-    import orbax.checkpoint as ocp
+    """Writes one safetensors file at ``path`` (atomically; temp file + ``os.replace``).
+
+    Tensors ``vectors`` (L, D) float32 and ``layers`` (L,) int32; the header's ``__metadata__``
+    holds ``format``, ``layers`` and ``metadata`` (JSON), so PyTorch's
+    ``safetensors.safe_open(path, "pt").metadata()`` reads it. An existing ``path`` is replaced only
+    when it is itself a ``SteeringVectors`` save (a file, or a directory of the earlier orbax
+    format); anything else is refused with ``FileExistsError`` and left untouched.
+    """
+    from safetensors.numpy import save_file
 
     path = pathlib.Path(path).absolute()
+    if path.exists() and not is_steering_vectors_save(path):
+      kind = "directory" if path.is_dir() else "file"
+      raise FileExistsError(
+        f"{path} exists and is not a SteeringVectors save ({kind}); refusing to overwrite it"
+      )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    header = {
+      "format": FORMAT,
+      "layers": json.dumps(list(self.layers)),
+      "metadata": json.dumps(self.metadata, default=_jsonable),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-      ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
-      tree = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
-      ckptr.save(tmp / "arrays", args=ocp.args.StandardSave(tree))
-      meta = dict(self.metadata, layers=list(self.layers), format="jaxsteer.SteeringVectors/1")
-      (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
-      if path.exists():
+      tensors = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
+      save_file(tensors, tmp, metadata=header)
+      if path.is_dir():  # an earlier orbax save: ours to replace
         shutil.rmtree(path)
       os.replace(tmp, path)
     except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
+      pathlib.Path(tmp).unlink(missing_ok=True)
       raise
     return path
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> SteeringVectors:
+    """Reads a ``save`` file, or a directory written by the earlier orbax-based ``save``."""
+    path = pathlib.Path(path).absolute()
+    if path.is_file():
+      if not _is_safetensors_save(path):
+        raise FileNotFoundError(f"no saved SteeringVectors at {path} (not our safetensors file)")
+      from safetensors import safe_open
+
+      with safe_open(str(path), "numpy") as fh:
+        header = fh.metadata()
+        vectors = fh.get_tensor("vectors")
+      return cls(tuple(json.loads(header["layers"])), vectors, json.loads(header["metadata"]))
+    if _is_legacy_save(path):
+      return cls._load_orbax(path)
+    raise FileNotFoundError(f"no saved SteeringVectors at {path}")
+
+  @classmethod
+  def _load_orbax(cls, path: pathlib.Path) -> SteeringVectors:
     import orbax.checkpoint as ocp
 
-    path = pathlib.Path(path).absolute()
-    meta_file = path / "metadata.json"
-    if not meta_file.is_file() or not (path / "arrays").is_dir():
-      raise FileNotFoundError(f"no saved SteeringVectors at {path}")
-    meta = json.loads(meta_file.read_text())
+    meta = json.loads((path / "metadata.json").read_text())
     ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
     tree = ckptr.restore(path / "arrays")
     layers = tuple(int(x) for x in np.asarray(tree["layers"]))
     meta.pop("format", None)
     meta.pop("layers", None)
     return cls(layers, np.asarray(tree["vectors"]), meta)
+
+  def _save_orbax(self, path) -> pathlib.Path:
+    """The earlier (format 1) directory save; kept to test that old saves still load."""
+    import orbax.checkpoint as ocp
+
+    path = pathlib.Path(path).absolute()
+    path.mkdir(parents=True)
+    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    tree = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
+    ckptr.save(path / "arrays", args=ocp.args.StandardSave(tree))
+    meta = dict(self.metadata, layers=list(self.layers), format=_LEGACY_FORMAT)
+    (path / "metadata.json").write_text(json.dumps(meta, indent=2, default=_jsonable))
+    return path
 
 
 def _jsonable(x):
@@ -230,36 +407,55 @@ def hidden_last(
   return _capture_variants(lm, rows, layers, [masks], mask_with, baseline, images)[0]
 
 
-def _capture_variants(lm, rows, layers, mask_sets, mask_with, baseline, images):
+def _capture_variants(lm, rows, layers, mask_sets, mask_with, baseline, images, batch_rows=None):
   """``hidden_last`` of ``rows`` under each entry of ``mask_sets`` (``None``: unmasked).
 
-  The input sequence (for a VLM: the vision tower and projector) and the masking vector are
-  computed once and shared by every variant.
+  Rows run in batches of exactly ``batch_rows`` (default: all at once; a short batch is padded
+  with copies) at power-of-two widths, so repeated calls compile nothing new. The input sequence
+  (for a VLM: the vision tower and projector) and the masking vector are computed once per batch
+  and shared by every variant.
   """
-  ids, attn = pad_rows(rows, 16, lm.pad_id)
-  emb = input_embeddings(lm, ids, images)
-  base = None
-  last = jnp.asarray([len(r) - 1 for r in rows], jnp.int32)
+  n = len(rows)
+  batch_rows = int(batch_rows or n)
+  images = list(images) if images is not None else [None] * n
   f, a = lm.intercept
-  out = []
-  for masks in mask_sets:
-    x = emb
-    if masks is not None:
-      drop = np.zeros(ids.shape, bool)
-      for i, m in enumerate(masks):
-        drop[i, : len(m)] = m
-      if base is None:
-        kind = "pad" if mask_with == "pad" else baseline
-        base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
-      x = jnp.where(jnp.asarray(drop)[..., None], base, emb)
-    out.append(  # to_host: the output may span processes (multi-process meshes)
-      to_host(capture_last(lm.module, f, lm.params, a, x, jnp.asarray(attn), last, tuple(layers)))
-    )
-  return out
+  out = [[] for _ in mask_sets]
+  for b0 in range(0, n, batch_rows):
+    sel = list(range(b0, min(n, b0 + batch_rows)))
+    sel = sel + [sel[-1]] * (batch_rows - len(sel))
+    width = pow2_width(max(len(rows[i]) for i in sel), lm.config.max_position_embeddings)
+    ids = np.full((batch_rows, width), lm.pad_id, np.int32)
+    attn = np.zeros((batch_rows, width), np.int32)
+    for j, i in enumerate(sel):
+      ids[j, : len(rows[i])] = rows[i]
+      attn[j, : len(rows[i])] = 1
+    emb = input_embeddings(lm, ids, [images[i] for i in sel])
+    base = None
+    last = jnp.asarray([len(rows[i]) - 1 for i in sel], jnp.int32)
+    for v, masks in enumerate(mask_sets):
+      x = emb
+      if masks is not None:
+        drop = np.zeros(ids.shape, bool)
+        for j, i in enumerate(sel):
+          drop[j, : len(masks[i])] = masks[i]
+        if base is None:
+          kind = "pad" if mask_with == "pad" else baseline
+          base = baseline_embeddings(lm, ids, kind).astype(emb.dtype)
+        x = jnp.where(jnp.asarray(drop)[..., None], base, emb)
+      h = capture_last(lm.module, f, lm.params, a, x, jnp.asarray(attn), last, tuple(layers))
+      # to_host: the output may span processes (multi-process meshes)
+      out[v].append(to_host(h)[: min(batch_rows, n - b0)])
+  return [np.concatenate(o) for o in out]
 
 
 # ------------------------------------------------------------------------------------------------
 # fit / caa
+
+# Chosen from the measurement quoted in ``fit``'s docstring.
+DEFAULT_CANDIDATES = "all"
+DEFAULT_AGGREGATE = "mean"
+DEFAULT_PAIRING = "matched"
+PAIRINGS = ("pooled", "matched")
 
 
 def _check_common(lm, pairs, layers, images=None):
@@ -286,26 +482,63 @@ def _check_common(lm, pairs, layers, images=None):
     for ids, start, _ in (pos, neg):
       if start >= len(ids):
         raise ValueError(f"pair {i}: empty response")
-      lm._check_ids(np.asarray([ids]))
+      check_ids(lm, ids)
     rows.append((pos[:2], neg[:2], pos[2]))
   return rows
 
 
-def _candidates(ids, prompt_len, rule, specials):
+def special_ids(lm) -> set[int]:
+  """BOS, pad and every EOS id of ``lm`` (config and tokenizer; ``eos_token_id`` may be a list)."""
+  out = set()
+  cfg, tok = lm.config, getattr(lm, "tokenizer", None)
+  for src, names in (
+    (cfg, ("bos_token_id", "eos_token_id", "eos_token_ids", "pad_token_id")),
+    (tok, ("bos_id", "eos_id", "eos_ids", "pad_id")),
+  ):
+    for name in names:
+      v = getattr(src, name, None) if src is not None else None
+      if v is None:
+        continue
+      for t in np.atleast_1d(np.asarray(v, dtype=object)).tolist():
+        if t is not None and int(t) >= 0:
+          out.add(int(t))
+  return out
+
+
+def _cand_prompt(ids, prompt_len):
   c = np.zeros(len(ids), bool)
-  if rule == "prompt":
-    c[:prompt_len] = True
-    c &= ~np.isin(np.asarray(ids), list(specials))
-  elif rule == "all":
-    c[:] = True
-  else:
-    raise ValueError(f"candidates must be 'prompt' or 'all', got {rule!r}")
+  c[:prompt_len] = True
   return c
+
+
+def _cand_response(ids, prompt_len):
+  c = np.zeros(len(ids), bool)
+  c[prompt_len:] = True
+  return c
+
+
+def _cand_all(ids, prompt_len):
+  return np.ones(len(ids), bool)
+
+
+# Candidate rules (registry): (ids, prompt_len) -> bool mask; special tokens are always excluded.
+CANDIDATES: dict[str, Callable[[Sequence[int], int], np.ndarray]] = {
+  "prompt": _cand_prompt,
+  "response": _cand_response,
+  "all": _cand_all,
+}
+
+
+def _candidates(ids, prompt_len, rule, specials):
+  if rule not in CANDIDATES:
+    raise ValueError(f"unknown candidates rule {rule!r}; known: {', '.join(CANDIDATES)}")
+  c = CANDIDATES[rule](ids, prompt_len)
+  return c & ~np.isin(np.asarray(ids), sorted(specials))
 
 
 def _top(scores, cand, k, largest):
   s = np.where(cand, scores, -np.inf if largest else np.inf)
-  order = np.argsort(-s if largest else s, kind="stable")[:k]
+  order = np.argsort(-s if largest else s, kind="stable")[: min(k, int(cand.sum()))]
   m = np.zeros(len(scores), bool)
   m[order] = True
   return m
@@ -318,10 +551,13 @@ def fit(
   layers: Sequence[int],
   images: Sequence[Any] | None = None,
   k: int | None = None,
-  steps: int = 20,
-  aggregate: str = "pca",
+  steps: int = DEFAULT_STEPS,
+  max_steps: int | None = DEFAULT_MAX_STEPS,
+  rtol: float = DEFAULT_RTOL,
+  on_unconverged: str = "raise",
+  aggregate: str = DEFAULT_AGGREGATE,
   mode: str | None = None,
-  candidates: str = "prompt",
+  candidates: str = DEFAULT_CANDIDATES,
   mask_with: str = "baseline",
   baseline: str = "pad",
   reduce: str = "sum",
@@ -329,8 +565,34 @@ def fit(
   chunk_size: int | None = None,
   batch_size: int = 8,
   progress: bool = True,
+  attributions: IGResult | None = None,
+  pairing: str = DEFAULT_PAIRING,
 ) -> SteeringVectors:
   """Fits GrAInS steering vectors.
+
+  Defaults from a measurement (``benchmarks/grains_defaults.py``; README "Choosing GrAInS
+  defaults"): stories260K, 12 pairs that share a story opening and differ only in the response
+  (happy vs sad sentence), layer 3, converged IG (16-128 points, error <= 4.6 %), change of the
+  held-out margin log P(happy) - log P(sad) over 6 other openings (base +1.15 nats) at alpha
+  -2 / +2 / +8 (a right-signed vector gives - / + / ++), and the cosine with CAA's vector:
+
+    candidates/aggregate/pairing/mode   cos(CAA)   alpha -2    +2      +8
+    all/mean/matched/both  (default)     +0.91     -4.13    +3.15   +11.18
+    prompt/mean/matched/both             +0.68     -1.18    +1.00    +3.48
+    prompt/mean/pooled/both              +0.64     -0.57    +0.58    +2.34
+    prompt/pca/matched/both              +0.21     -0.53    +0.37    +1.38
+    all/pca/pooled/both    (earlier)     -0.71     +0.82    -0.84    -3.54
+    response/pca/pooled/both             -0.84     +0.55    -0.55    -2.20
+    prompt/pca/pooled/both (earlier)     -0.03     +1.29    -0.80    -1.65
+    any mode=pos (v+ alone)              <= -0.06   wrong sign at +2 or +8 in all 12 settings
+    CAA (same pairs)                     +1.00     -6.11    +4.53   +13.07
+
+  ``pooled`` takes v+ and v- over both sequences of each pair; on shared-prompt pairs the
+  dispreferred sequence's "positive" tokens and the preferred one's "negative" tokens carry
+  little, and their deltas turned the vector around. ``matched`` takes v+ from the preferred
+  sequences (their most positive tokens masked) and v- from the dispreferred ones (their most
+  negative tokens masked). v+ alone (``mode="pos"``) is dominated by what masking any tokens does
+  and steered the wrong way in every setting.
 
   Args:
     lm: a ``LanguageModel``.
@@ -340,114 +602,176 @@ def fit(
       ``Pair.image``. Image patch tokens are attributed, selected and masked like text tokens; a
       masked image token's projected feature is replaced by the baseline.
     k: tokens masked per sequence and sign (default 10 for language models; 50 when the pairs have
-      images, the paper's VLM setting, as VLM sequences hold hundreds of image tokens).
-    steps, method, chunk_size: the IG quadrature.
-    aggregate: ``pca`` (sign-aligned first PC) or ``mean``.
-    mode: ``both`` (v+ - v-) or ``pos`` (v+); default ``both``, or ``pos`` with images (the
-      released VLM scripts).
-    candidates: ``prompt`` (prompt tokens without special tokens) or ``all`` (every token, as the
-      released code).
+      images, the paper's VLM setting, as VLM sequences hold hundreds of image tokens); a sequence
+      with fewer candidates masks all of them.
+    steps: the starting number of IG points, doubled per batch up to ``max_steps`` until every
+      sequence's completeness error is at most ``rtol`` of its objective change.
+    on_unconverged: at the cap, ``raise`` (``IGConvergenceError`` naming the pair, its error and
+      the points), ``warn`` or ``ignore``. Points and errors per pair go into the metadata.
+    method, chunk_size: the quadrature rule and the points evaluated together (default 16).
+    aggregate: ``mean`` (default) or ``pca`` (sign-aligned first PC, unit norm; falls back to the
+      normalised mean when the PC's sign is not significant, see ``aggregate_pca_checked``; the
+      explained variance is recorded in ``metadata["aggregation"]``).
+    mode: ``both`` (v+ - v-, default, also with images) or ``pos`` (v+, the released VLM
+      scripts' choice, wrong-signed in the measurement above).
+    candidates: ``all`` (default), ``prompt`` or ``response`` tokens; special tokens (BOS, pad,
+      every EOS id) are never candidates.
+    pairing: ``matched`` (default: v+ from the preferred sequences, v- from the dispreferred) or
+      ``pooled`` (both from both sequences, the earlier behaviour).
     mask_with: ``baseline`` (the IG baseline's embedding) or ``pad`` (the pad id, as released).
     baseline: the IG baseline, ``pad`` (default: the pad/EOS embedding, so IG attributes exactly
       the change that masking makes), ``zeros`` (the paper's) or ``mean``.
     reduce: response log-likelihood ``sum`` or per-token ``mean``.
-    batch_size: pairs per IG batch.
+    batch_size: pairs per IG batch (the last batch is padded to it: no recompiles).
     progress: show a progress bar.
+    attributions: the ``IGResult`` of an earlier fit on the same pairs and IG settings
+      (``fit(...).metadata`` does not hold it; see ``attribute_pairs``), to try several selection
+      and aggregation settings without recomputing IG.
 
   Returns:
-    ``SteeringVectors`` with metadata (including the per-pair IG completeness errors).
+    ``SteeringVectors`` with metadata (per-pair IG points and completeness errors, PCA explained
+    variance, the mean residual norm over all pairs).
   """
   if aggregate not in AGGREGATORS:
     raise ValueError(f"unknown aggregate {aggregate!r}; known: {', '.join(AGGREGATORS)}")
+  if candidates not in CANDIDATES:
+    raise ValueError(f"unknown candidates rule {candidates!r}; known: {', '.join(CANDIDATES)}")
+  check_ig_options(steps, steps if max_steps is None else max_steps, rtol, on_unconverged)
+  if int(batch_size) < 1:
+    raise ValueError(f"batch_size must be positive, got {batch_size}")
   layers = tuple(sorted(int(x) for x in layers))
   rows = _check_common(lm, pairs, layers, images)
   multimodal = any(im is not None for _, _, im in rows)
   if k is None:
     k = 50 if multimodal else 10
   if mode is None:
-    mode = "pos" if multimodal else "both"
+    mode = "both"
   if mode not in ("both", "pos"):
     raise ValueError(f"mode must be 'both' or 'pos', got {mode!r}")
   if mask_with not in ("baseline", "pad"):
     raise ValueError(f"mask_with must be 'baseline' or 'pad', got {mask_with!r}")
+  if pairing not in PAIRINGS:
+    raise ValueError(f"pairing must be one of {', '.join(PAIRINGS)}; got {pairing!r}")
   if int(k) < 1:
     raise ValueError(f"k must be positive, got {k}")
-  specials = {
-    t
-    for t in (lm.config.bos_token_id, lm.config.eos_token_id, lm.config.pad_token_id)
-    if t is not None
-  }
+  specials = special_ids(lm)
   cands = []
   for i, (pos, neg, _) in enumerate(rows):
     cs = [_candidates(ids, n, candidates, specials) for ids, n in (pos, neg)]
-    for c in cs:
-      if c.sum() < k:
-        raise ValueError(
-          f"k={k} is larger than the candidate count {int(c.sum())} of pair {i} "
-          f"(candidates={candidates!r}); lower k or use candidates='all'"
-        )
+    if any(c.sum() == 0 for c in cs):
+      raise ValueError(
+        f"pair {i} has no candidate tokens under candidates={candidates!r} (special tokens are "
+        "never candidates); use another rule"
+      )
     cands.append(cs)
 
-  d_pos, d_neg, ig_delta, ig_obj = [], [], [], []
-  batches = range(0, len(rows), batch_size)
-  for b in tqdm(batches, desc="GrAInS fit", disable=not progress, unit="batch"):
-    chunk = rows[b : b + batch_size]
-    s_pos, s_neg, fx, fb, delta = (
-      np.asarray(a)
-      for a in batch_contrastive(
-        lm,
-        [p for p, _, _ in chunk],
-        [n for _, n, _ in chunk],
-        steps,
-        method,
-        chunk_size,
-        reduce,
-        baseline=baseline,
-        images=[im for _, _, im in chunk],
-      )
-    )
-    ig_delta.extend(delta.tolist())
-    ig_obj.extend((fx - fb).tolist())
-    seqs, ims, m_pos, m_neg = [], [], [], []
-    for j, ((pi, ni, im), (cp, cn)) in enumerate(zip(chunk, cands[b : b + batch_size])):
-      for (ids, _), sc, c in ((pi, s_pos[j], cp), (ni, s_neg[j], cn)):
-        sc = sc[: len(ids)]
-        seqs.append(ids)
-        ims.append(im)
-        m_pos.append(_top(sc, c, k, largest=True))
-        m_neg.append(_top(sc, c, k, largest=False))
-    variants = [None, m_pos] + ([m_neg] if mode == "both" else [])
-    h, *masked = _capture_variants(lm, seqs, layers, variants, mask_with, baseline, ims)
-    d_pos.append(h - masked[0])
-    if mode == "both":
-      d_neg.append(h - masked[1])
-  d_pos = np.concatenate(d_pos)  # (2N, L, D)
+  batch_size = int(min(batch_size, len(rows)))
+  ig = attributions
+  if ig is None:
+    ig = _attribute_rows(
+      lm, rows, steps=steps, max_steps=max_steps, rtol=rtol, method=method,
+      chunk_size=chunk_size, reduce=reduce, baseline=baseline, batch_size=batch_size,
+      on_unconverged=on_unconverged, progress=progress,
+    )  # fmt: skip
+  elif len(ig.steps) != len(rows):
+    raise ValueError(f"attributions cover {len(ig.steps)} pairs, not {len(rows)}")
+
+  seqs, ims, m_pos, m_neg = [], [], [], []
+  for i, ((pi, ni, im), (cp, cn)) in enumerate(zip(rows, cands)):
+    for (ids, _), sc, c in ((pi, ig.scores_pos[i], cp), (ni, ig.scores_neg[i], cn)):
+      seqs.append(ids)
+      ims.append(im)
+      m_pos.append(_top(sc, c, k, largest=True))
+      m_neg.append(_top(sc, c, k, largest=False))
+  variants = [None, m_pos] + ([m_neg] if mode == "both" else [])
+  h, *masked = _capture_variants(
+    lm, seqs, layers, variants, mask_with, baseline, ims, batch_rows=2 * batch_size
+  )
+  d_pos = h - masked[0]  # (2N, L, D): rows alternate preferred, dispreferred sequence
+  d_neg = h - masked[1] if mode == "both" else None
+  if pairing == "matched":  # v+ from the preferred sequences, v- from the dispreferred ones
+    d_pos = d_pos[0::2]
+    d_neg = d_neg[1::2] if d_neg is not None else None
   agg = AGGREGATORS[aggregate]
-  v_pos = np.stack([agg(d_pos[:, j]) for j in range(len(layers))])
+  info = {}
+  v_pos = np.stack([_agg(agg, d_pos[:, j], info, f"pos/{lay}") for j, lay in enumerate(layers)])
   vecs = v_pos
   if mode == "both":
-    d_neg = np.concatenate(d_neg)
-    vecs = v_pos - np.stack([agg(d_neg[:, j]) for j in range(len(layers))])
-  rel = np.abs(np.asarray(ig_delta)) / np.maximum(np.abs(np.asarray(ig_obj)), 1e-12)
+    v_neg = np.stack([_agg(agg, d_neg[:, j], info, f"neg/{lay}") for j, lay in enumerate(layers)])
+    vecs = v_pos - v_neg
   meta = dict(
     method="grains",
     source=_source(lm),
     k=int(k),
     steps=int(steps),
+    max_steps=int(steps if max_steps is None else max_steps),
+    rtol=float(rtol),
     quadrature=method,
     aggregate=aggregate,
     mode=mode,
     candidates=candidates,
+    pairing=pairing,
     mask_with=mask_with,
     baseline=baseline,
     reduce=reduce,
     n_pairs=len(rows),
     multimodal=multimodal,
-    ig_delta=[float(x) for x in ig_delta],
-    ig_relative_delta_max=float(rel.max()),
+    ig_steps=[int(x) for x in ig.steps],
+    ig_rel_error=[float(x) for x in ig.rel_error],
+    ig_converged=[bool(x) for x in ig.converged],
+    ig_delta=[float(x) for x in ig.delta],
+    ig_relative_delta_max=float(ig.rel_error.max()),
+    aggregation=info,
     residual_norm=[float(x) for x in np.linalg.norm(h, axis=-1).mean(axis=0)],
   )
   return SteeringVectors(layers, vecs.astype(np.float32), meta)
+
+
+def _attribute_rows(lm, rows, *, batch_size, progress, **kw):
+  bar = tqdm(
+    total=-(-len(rows) // batch_size), desc="GrAInS IG", disable=not progress, unit="batch"
+  )
+  try:
+    return contrastive_batches(
+      lm, [p for p, _, _ in rows], [q for _, q, _ in rows], images=[im for _, _, im in rows],
+      batch_size=batch_size, progress=bar, **kw,
+    )  # fmt: skip
+  finally:
+    bar.close()
+
+
+def attribute_pairs(
+  lm,
+  pairs: Sequence[Pair],
+  *,
+  images=None,
+  steps: int = DEFAULT_STEPS,
+  max_steps: int | None = DEFAULT_MAX_STEPS,
+  rtol: float = DEFAULT_RTOL,
+  on_unconverged: str = "raise",
+  baseline: str = "pad",
+  reduce: str = "sum",
+  method: str = "gauss_legendre",
+  chunk_size: int | None = None,
+  batch_size: int = 8,
+  progress: bool = False,
+) -> IGResult:
+  """The converged contrastive IG of ``pairs`` that ``fit`` computes (for ``fit(attributions=)``)."""
+  check_ig_options(steps, steps if max_steps is None else max_steps, rtol, on_unconverged)
+  rows = _check_common(lm, pairs, (0,), images)
+  return _attribute_rows(
+    lm, rows, steps=steps, max_steps=max_steps, rtol=rtol, method=method, chunk_size=chunk_size,
+    reduce=reduce, baseline=baseline, batch_size=int(min(batch_size, len(rows))),
+    on_unconverged=on_unconverged, progress=progress,
+  )  # fmt: skip
+
+
+def _agg(agg, deltas, info, key):
+  if agg is aggregate_pca:
+    v, stats = aggregate_pca_checked(deltas)
+    info[key] = stats
+    return v
+  return agg(deltas)
 
 
 def caa(

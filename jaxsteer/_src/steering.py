@@ -5,8 +5,12 @@ rescales each token back to its original norm:
 
   h' = (h + alpha v) * |h| / |h + alpha v|        (per token, over the hidden dimension)
 
-The interceptor wraps ``DecoderLayer.__call__`` of the chosen layers; it is entered inside the
-jitted forward, with the vectors and alpha as traced arguments (no recompilation when they change).
+The interceptor wraps ``DecoderLayer.__call__`` of the chosen layers (``site="layer"``), or the
+attention block's output (``site="attn"``, after ``o_proj``) or the MLP's output (``site="mlp"``)
+inside them. ``positions`` chooses the tokens: ``all`` (default), ``prompt`` (tokens of a forward
+pass or of generation's prefill) or ``generated`` (tokens produced by ``generate``'s decode steps).
+The interceptor is entered inside the jitted forward, with the vectors, alpha and the position
+choice as traced arguments (changing them recompiles nothing).
 
   >>> steered = jaxsteer.steer(lm, vectors, alpha=4.0)  # doctest: +SKIP
   >>> steered.generate("Once upon a time", max_new_tokens=32)  # doctest: +SKIP
@@ -19,48 +23,118 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsteer._src.models.modules import DecoderLayer
+from jaxsteer._src.models.modules import MLP, Attention, DecoderLayer
+
+SITES = ("layer", "attn", "mlp")
+POSITIONS = {"all": 0, "prompt": 1, "generated": 2}
 
 
-def norm_preserving_add(h, v, alpha, normalize: bool = True):
-  """``(h + alpha v) * |h| / |h + alpha v|`` per token (float32 math, result in ``h.dtype``)."""
+def norm_preserving_add(h, v, alpha, normalize: bool = True, where=None):
+  """``(h + alpha v) * |h| / |h + alpha v|`` per token (float32 math, result in ``h.dtype``).
+
+  ``where`` (broadcastable to ``h[..., :1]``), if given, limits the change to those tokens.
+  """
   hf = h.astype(jnp.float32)
   hs = hf + alpha * v.astype(jnp.float32)
-  if not normalize:
-    return hs.astype(h.dtype)
-  n_h = jnp.linalg.norm(hf, axis=-1, keepdims=True)
-  n_s = jnp.linalg.norm(hs, axis=-1, keepdims=True)
-  return (hs * (n_h / jnp.maximum(n_s, jnp.finfo(jnp.float32).tiny))).astype(h.dtype)
+  if normalize:
+    n_h = jnp.linalg.norm(hf, axis=-1, keepdims=True)
+    n_s = jnp.linalg.norm(hs, axis=-1, keepdims=True)
+    hs = hs * (n_h / jnp.maximum(n_s, jnp.finfo(jnp.float32).tiny))
+  if where is not None:
+    hs = jnp.where(where, hs, hf)
+  return hs.astype(h.dtype)
+
+
+def _arg(fargs, fkwargs, i, name, default=None):
+  return fargs[i] if len(fargs) > i else fkwargs.get(name, default)
+
+
+def generated_flags(x, slots, decode):
+  """(B, T, 1) True at tokens produced by generation's decode steps.
+
+  ``generate`` runs one prefill over the prompt (``decode=True``, all prompt tokens) and then
+  one-token steps at slots after the prompt; a plain forward (``decode=False``) has no generated
+  token. A one-token prefill sits at slot 0, every decode step at a later slot.
+  """
+  b, t = x.shape[:2]
+  if not decode or t != 1:
+    return jnp.zeros((b, t, 1), bool)
+  return (jnp.asarray(slots) > 0).reshape(b, t, 1)
+
+
+def position_mask(mode, gen):
+  """Where to steer, from the traced ``mode`` (``POSITIONS`` code) and the generated flags."""
+  return jnp.where(mode == 0, True, jnp.where(mode == 1, ~gen, gen))
 
 
 @dataclasses.dataclass(frozen=True)
 class SteerInterceptor:
   """Static part of a steering intervention (hashable; a jit static argument).
 
-  Calling it with the traced ``args`` (``{"vectors": (L, D), "alpha": (L,)}``) returns the Flax
-  interceptor function.
+  Calling it with the traced ``args`` (``{"vectors": (L, D), "alpha": (L,), "positions": ()}``)
+  returns the Flax interceptor function.
   """
 
   layers: tuple[int, ...]
   normalize: bool = True
+  site: str = "layer"
 
   def __call__(self, args):
     index = {f"layers_{layer}": j for j, layer in enumerate(self.layers)}
+    site_type = {"attn": Attention, "mlp": MLP}.get(self.site)
+    current = {}  # the enclosing DecoderLayer's generated flags (trace-time bookkeeping)
+
+    def steer_at(h, j, gen):
+      mode = args.get("positions", jnp.int32(0))
+      where = position_mask(mode, gen)
+      return norm_preserving_add(h, args["vectors"][j], args["alpha"][j], self.normalize, where)
 
     def interceptor(next_fun, fargs, fkwargs, context):
       module = context.module
-      if context.method_name != "__call__" or not isinstance(module, DecoderLayer):
+      if context.method_name != "__call__":
         return next_fun(*fargs, **fkwargs)
-      j = index.get(module.name)
-      if j is None:
-        return next_fun(*fargs, **fkwargs)
-      h = next_fun(*fargs, **fkwargs)
-      return norm_preserving_add(h, args["vectors"][j], args["alpha"][j], self.normalize)
+      if isinstance(module, DecoderLayer):
+        j = index.get(module.name)
+        if j is None:
+          return next_fun(*fargs, **fkwargs)
+        x = fargs[0] if fargs else fkwargs["x"]
+        gen = generated_flags(
+          x, _arg(fargs, fkwargs, 2, "slots"), _arg(fargs, fkwargs, 4, "decode", False)
+        )
+        current[module.name] = gen
+        h = next_fun(*fargs, **fkwargs)
+        if self.site == "layer":
+          return steer_at(h, j, gen)
+        return h
+      if site_type is not None and isinstance(module, site_type):
+        parent = module.path[-2] if len(module.path) >= 2 else None
+        j = index.get(parent)
+        if j is None or module.name != self.site:
+          return next_fun(*fargs, **fkwargs)
+        return steer_at(next_fun(*fargs, **fkwargs), j, current[parent])
+      return next_fun(*fargs, **fkwargs)
 
     return interceptor
 
 
-def steer(lm, vectors, alpha=1.0, *, layers=None, normalize: bool = True):
+def check_finite(name: str, value) -> np.ndarray:
+  """``value`` as a float array, or a ValueError naming ``name`` when it holds NaN or infinity."""
+  arr = np.asarray(value, np.float64)
+  if not np.isfinite(arr).all():
+    raise ValueError(f"{name} must be finite; got NaN or infinite values")
+  return arr
+
+
+def steer(
+  lm,
+  vectors,
+  alpha=1.0,
+  *,
+  layers=None,
+  normalize: bool = True,
+  site: str | None = None,
+  positions: str = "all",
+):
   """A ``LanguageModel`` that steers ``lm``'s residual stream with ``vectors``.
 
   Args:
@@ -69,13 +143,23 @@ def steer(lm, vectors, alpha=1.0, *, layers=None, normalize: bool = True):
     alpha: strength, a scalar or one value per layer (traced: changing it recompiles nothing).
     layers: optionally a subset of the vectors' layers to apply.
     normalize: keep each token's norm (GrAInS); ``False`` gives plain addition (ActAdd/CAA).
+    site: ``layer`` (the decoder layer's output, the residual stream), ``attn`` (the attention
+      block's output) or ``mlp`` (the MLP's output) of each chosen layer. Default: the site the
+      vectors were fitted at (``metadata["site"]``), else ``layer``.
+    positions: ``all`` tokens, ``prompt`` tokens only or ``generated`` tokens only.
 
   Returns:
     A ``LanguageModel`` with the same interface (forward, ``generate`` with KV cache).
   """
+  meta = getattr(vectors, "metadata", {}) or {}
   mapping = (
     dict(zip(vectors.layers, vectors.vectors)) if hasattr(vectors, "layers") else dict(vectors)
   )
+  site = site or meta.get("site", "layer")
+  if site not in SITES:
+    raise ValueError(f"unknown steering site {site!r}; known: {', '.join(SITES)}")
+  if positions not in POSITIONS:
+    raise ValueError(f"unknown positions {positions!r}; known: {', '.join(POSITIONS)}")
   if layers is not None:
     missing = [lay for lay in layers if lay not in mapping]
     if missing:
@@ -89,7 +173,12 @@ def steer(lm, vectors, alpha=1.0, *, layers=None, normalize: bool = True):
       raise ValueError(f"layer {lay} is out of range for a model with {n} layers")
     if np.shape(v) != (d,):
       raise ValueError(f"steering vector for layer {lay} has shape {np.shape(v)}; expected ({d},)")
+    check_finite(f"the steering vector for layer {lay}", v)
   order = tuple(sorted(int(k) for k in mapping))
+  a = check_finite("alpha", alpha)
+  if a.ndim > 1 or (a.ndim == 1 and a.shape[0] not in (1, len(order))):
+    raise ValueError(f"alpha must be a scalar or one value per layer ({len(order)}); got {a.shape}")
   vecs = jnp.stack([jnp.asarray(mapping[k], jnp.float32) for k in order])
-  a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (len(order),))
-  return lm.with_intercept(SteerInterceptor(order, normalize), {"vectors": vecs, "alpha": a})
+  a = jnp.broadcast_to(jnp.asarray(a, jnp.float32), (len(order),))
+  args = {"vectors": vecs, "alpha": a, "positions": jnp.int32(POSITIONS[positions])}
+  return lm.with_intercept(SteerInterceptor(order, normalize, site), args)

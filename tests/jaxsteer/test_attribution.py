@@ -99,7 +99,16 @@ def test_contrastive_objective_equals_teacher_forced_logprobs(tiny):
 def test_contrastive_delta_shrinks_with_steps(tiny, baseline):
   deltas = [
     abs(
-      attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=s, baseline=baseline).delta
+      attribution.contrastive(
+        tiny,
+        [1, 5, 6, 7],
+        [9, 10],
+        [11],
+        steps=s,
+        max_steps=s,
+        on_unconverged="ignore",
+        baseline=baseline,
+      ).delta
     )
     for s in (2, 8, 32)
   ]
@@ -110,10 +119,61 @@ def test_real_model_completeness(stories260k):
   ckpt, tok = stories260k
   lm = jaxsteer.load(str(ckpt), tokenizer=str(tok))
   d = [
-    abs(attribution.contrastive(lm, "Lily was very", "happy.", "sad.", steps=s).delta)
+    abs(
+      attribution.contrastive(
+        lm, "Lily was very", "happy.", "sad.", steps=s, max_steps=s, on_unconverged="ignore"
+      ).delta
+    )
     for s in (10, 50)
   ]
   assert d[1] < d[0] and d[1] < 0.05
+
+
+def _logp(lm, prompt, resp):
+  """Independent teacher-forced log P(resp | prompt): one forward, log-softmax at t - 1."""
+  ids = np.array([prompt + resp])
+  lp = np.asarray(jax.nn.log_softmax(lm(ids)[0].astype(jnp.float32), -1), np.float64)
+  return sum(lp[len(prompt) + i - 1, t] for i, t in enumerate(resp))
+
+
+def test_default_attribution_is_converged_per_sequence(tiny):
+  """From 2 points the default doubles until each sequence's completeness error is <= 5 %."""
+  prompt, pos, neg = [1, 5, 6, 7, 8], [9, 10], [11, 12, 13]
+  res = attribution.contrastive(tiny, prompt, pos, neg, steps=2, baseline="zeros")
+  assert res.converged and res.steps > 2 and res.rel_error <= 0.05
+  # Check completeness per sequence against independent forwards: F_s(x) from token ids and
+  # F_s(baseline) from an all-zero embedded input.
+  zero = lambda ids: np.asarray(
+    jax.nn.log_softmax(
+      tiny.apply(None, inputs_embeds=jnp.zeros((1, len(ids), TINY.hidden_size))), -1
+    )[0],
+    np.float64,
+  )
+  for ids, n, scores, sign in (
+    (prompt + pos, len(prompt), res.scores_pos, 1.0),
+    (prompt + neg, len(prompt), res.scores_neg, -1.0),
+  ):
+    lz = zero(ids)
+    f_b = sum(lz[n + i - 1, t] for i, t in enumerate(ids[n:]))
+    change = sign * (_logp(tiny, ids[:n], ids[n:]) - f_b)
+    assert abs(float(np.sum(scores)) - change) <= 0.05 * abs(change) + 1e-3
+  fixed = attribution.contrastive(
+    tiny, prompt, pos, neg, steps=2, max_steps=2, baseline="zeros", on_unconverged="ignore"
+  )
+  assert not fixed.converged and fixed.rel_error > 0.05 and fixed.steps == 2
+
+
+def test_unconverged_policy(tiny):
+  args = (tiny, [1, 5, 6, 7, 8], [9, 10], [11, 12, 13])
+  kw = dict(steps=2, max_steps=2, baseline="zeros")
+  with pytest.raises(attribution.IGConvergenceError, match=r"pair 0 .*error .* at 2 points"):
+    attribution.contrastive(*args, **kw)
+  with pytest.warns(attribution.IGConvergenceWarning, match="did not converge"):
+    attribution.contrastive(*args, on_unconverged="warn", **kw)
+  with pytest.raises(ValueError, match="on_unconverged"):
+    attribution.contrastive(*args, on_unconverged="maybe")
+  with pytest.raises(ValueError, match="max_steps"):
+    attribution.contrastive(*args, steps=8, max_steps=4)
 
 
 def test_pictures(tiny, tmp_path):
