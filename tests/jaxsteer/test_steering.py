@@ -126,3 +126,54 @@ def test_sharded_steering_matches(lm):
   a = np.asarray(jaxsteer.steer(sharded, _vecs(), alpha=2.0)(IDS))
   b = np.asarray(jaxsteer.steer(lm, _vecs(), alpha=2.0)(IDS))
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_non_finite_alpha_or_vectors_rejected(lm):
+  with pytest.raises(ValueError, match="alpha must be finite"):
+    jaxsteer.steer(lm, _vecs(), alpha=float("nan"))
+  with pytest.raises(ValueError, match="alpha must be finite"):
+    jaxsteer.steer(lm, _vecs(), alpha=[np.inf])
+  with pytest.raises(ValueError, match="layer 1 must be finite"):
+    jaxsteer.steer(lm, {1: np.full(16, np.nan)}, alpha=1.0)
+
+
+def test_mlp_site_adds_to_the_layer_output(lm):
+  """The layer's output is x_attn + mlp(.): adding v to the MLP output (plain addition) is adding
+  v to the layer output, while adding it to the attention output feeds it through the MLP."""
+  v = {1: np.random.default_rng(3).normal(size=16)}
+  layer = np.asarray(jaxsteer.steer(lm, v, 1.5, normalize=False)(IDS))
+  mlp = np.asarray(jaxsteer.steer(lm, v, 1.5, normalize=False, site="mlp")(IDS))
+  attn = np.asarray(jaxsteer.steer(lm, v, 1.5, normalize=False, site="attn")(IDS))
+  np.testing.assert_allclose(mlp, layer, rtol=1e-5, atol=1e-5)
+  assert not np.array_equal(attn, layer)  # the (small random) MLP sees the attention change
+  base = _residuals(lm, IDS)
+  st = _residuals(jaxsteer.steer(lm, v, 1.5, normalize=False, site="attn"), IDS)
+  np.testing.assert_array_equal(st[0], base[0])
+  assert np.abs(st[1] - base[1]).max() > 1e-3
+
+
+def test_positions_prompt_and_generated(lm):
+  v = _vecs(layers=(0, 1))
+  plain = np.asarray(lm(IDS))
+  # A forward pass has only prompt tokens.
+  np.testing.assert_array_equal(
+    np.asarray(jaxsteer.steer(lm, v, 3.0, positions="generated")(IDS)), plain
+  )
+  np.testing.assert_array_equal(
+    np.asarray(jaxsteer.steer(lm, v, 3.0, positions="prompt")(IDS)),
+    np.asarray(jaxsteer.steer(lm, v, 3.0)(IDS)),
+  )
+  prompt, n = [1, 5, 9, 13], 6
+  gen_only = jaxsteer.steer(lm, v, 8.0, positions="generated").generate(prompt, max_new_tokens=n)
+  base = lm.generate(prompt, max_new_tokens=n)
+  assert gen_only[0, 0] == base[0, 0]  # the first token comes from the (unsteered) prefill
+  prompt_only = jaxsteer.steer(lm, v, 8.0, positions="prompt").generate(prompt, max_new_tokens=n)
+  all_pos = jaxsteer.steer(lm, v, 8.0).generate(prompt, max_new_tokens=n)
+  assert prompt_only[0, 0] == all_pos[0, 0]  # same prefill
+  with count_compiles() as c:
+    jaxsteer.steer(lm, v, 2.0, positions="all").generate(prompt, max_new_tokens=n)
+  assert c.count == 0  # the position choice is traced
+  with pytest.raises(ValueError, match="unknown positions"):
+    jaxsteer.steer(lm, v, 1.0, positions="response")
+  with pytest.raises(ValueError, match="unknown steering site"):
+    jaxsteer.steer(lm, v, 1.0, site="head")
