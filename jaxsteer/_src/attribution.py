@@ -440,7 +440,7 @@ DEFAULT_ATOL = 1e-3  # nats: a floor for sequences whose objective barely moves 
 DEFAULT_CHUNK = 16  # IG points evaluated together (one vmapped forward + backward)
 
 
-class IGConvergenceError(RuntimeError):
+class IGConvergenceError(ValueError):
   """Integrated Gradients did not reach the completeness tolerance within ``max_steps`` points."""
 
 

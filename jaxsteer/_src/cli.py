@@ -124,16 +124,39 @@ def build_parser() -> argparse.ArgumentParser:
   f.add_argument(
     "--k", type=_positive_int, help="tokens masked per sequence (default 10; 50 with images)"
   )
-  f.add_argument("--steps", type=_positive_int, default=20)
-  f.add_argument("--aggregate", choices=["pca", "mean"], default="pca")
-  f.add_argument("--mode", choices=["both", "pos"], help="default both; pos with images")
+  f.add_argument(
+    "--steps", type=_positive_int, default=16, help="starting IG points (doubled to converge)"
+  )
+  f.add_argument(
+    "--max-steps", type=_positive_int, default=512, help="cap on the IG points (default 512)"
+  )
+  f.add_argument(
+    "--on-unconverged",
+    choices=["raise", "warn", "ignore"],
+    default="raise",
+    help="IG above 5%% completeness error at the cap: fail (default), warn or ignore",
+  )
+  f.add_argument("--baseline", choices=["pad", "zeros", "mean"], default="pad", help="IG baseline")
+  f.add_argument(
+    "--candidates", choices=["all", "prompt", "response"], default="all", help="maskable tokens"
+  )
+  f.add_argument(
+    "--pairing", choices=["matched", "pooled"], default="matched", help="deltas for v+ / v-"
+  )
+  f.add_argument("--mask-with", choices=["baseline", "pad"], default="baseline")
+  f.add_argument("--reduce", choices=["sum", "mean"], default="sum", help="response log-lik.")
+  f.add_argument("--aggregate", choices=["pca", "mean"], default="mean")
+  f.add_argument("--mode", choices=["both", "pos"], default="both")
+  f.add_argument("--batch-size", type=_positive_int, default=8, help="pairs per IG batch")
   f.add_argument("--seed", type=int, default=0, help="seed of the TruthfulQA false answers")
   f.add_argument(
     "--allow-outside-paths",
     action="store_true",
     help="let --pairs/--spavl files name images outside their own folder",
   )
-  f.add_argument("--out", required=True, help="output directory")
+  f.add_argument(
+    "--out", required=True, help="output file (safetensors; replaces only an earlier save)"
+  )
 
   e = sub.add_parser("eval", help="benchmarks")
   esub = e.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
@@ -259,15 +282,22 @@ def _load_vectors(path, flag: str):
 
 
 def _check_fit_out(path) -> None:
-  """``fit --out`` must be new, empty or an earlier SteeringVectors save: checked before any
-  compute, and a folder holding anything else is never replaced."""
+  """``fit --out`` (one safetensors file) must be new, an empty directory or an earlier
+  SteeringVectors save (file, or directory of the orbax format): checked before any compute, and
+  anything else is never replaced."""
+  from jaxsteer.grains import is_steering_vectors_save
+
   path = pathlib.Path(path)
-  check_writable_dir(path)
-  if path.is_dir() and any(path.iterdir()) and not (path / "metadata.json").is_file():
+  empty_dir = path.is_dir() and not any(path.iterdir())
+  if path.exists() and not empty_dir and not is_steering_vectors_save(path):
     raise CLIError(
-      f"--out {path} holds files that are not a SteeringVectors save; refusing to replace it "
-      "(pass a new or empty directory)"
+      f"--out {path} exists and is not a SteeringVectors save; refusing to replace it "
+      "(pass a new file path)"
     )
+  if path.is_dir():
+    check_writable_dir(path)
+  else:
+    check_writable_file(path)
 
 
 def _data_dir(args) -> pathlib.Path:
@@ -439,8 +469,16 @@ def cmd_fit(args) -> dict:
     images=images,
     k=args.k,
     steps=args.steps,
+    max_steps=args.max_steps,
+    on_unconverged=args.on_unconverged,
+    baseline=args.baseline,
+    candidates=args.candidates,
+    pairing=args.pairing,
+    mask_with=args.mask_with,
+    reduce=args.reduce,
     aggregate=args.aggregate,
     mode=args.mode,
+    batch_size=args.batch_size,
   )
   path = vecs.save(args.out)
   return {
@@ -449,6 +487,8 @@ def cmd_fit(args) -> dict:
     "layers": list(vecs.layers),
     "k": vecs.metadata["k"],
     "mode": vecs.metadata["mode"],
+    "ig_steps_max": max(vecs.metadata["ig_steps"]),
+    "ig_rel_error_max": vecs.metadata["ig_relative_delta_max"],
     "norms": [float(np.linalg.norm(v)) for v in vecs.vectors],
     **source,
   }

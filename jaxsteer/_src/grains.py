@@ -258,12 +258,13 @@ class SteeringVectors:
     holds ``format``, ``layers`` and ``metadata`` (JSON), so PyTorch's
     ``safetensors.safe_open(path, "pt").metadata()`` reads it. An existing ``path`` is replaced only
     when it is itself a ``SteeringVectors`` save (a file, or a directory of the earlier orbax
-    format); anything else is refused with ``FileExistsError`` and left untouched.
+    format) or an empty directory; anything else is refused with ``FileExistsError`` and left untouched.
     """
     from safetensors.numpy import save_file
 
     path = pathlib.Path(path).absolute()
-    if path.exists() and not is_steering_vectors_save(path):
+    empty_dir = path.is_dir() and not any(path.iterdir())
+    if path.exists() and not empty_dir and not is_steering_vectors_save(path):
       kind = "directory" if path.is_dir() else "file"
       raise FileExistsError(
         f"{path} exists and is not a SteeringVectors save ({kind}); refusing to overwrite it"
@@ -279,8 +280,8 @@ class SteeringVectors:
     try:
       tensors = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
       save_file(tensors, tmp, metadata=header)
-      if path.is_dir():  # an earlier orbax save: ours to replace
-        shutil.rmtree(path)
+      if path.is_dir():  # an earlier orbax save (ours to replace) or an empty directory
+        shutil.rmtree(path) if not empty_dir else path.rmdir()
       os.replace(tmp, path)
     except BaseException:
       pathlib.Path(tmp).unlink(missing_ok=True)
