@@ -37,6 +37,7 @@ from jaxsteer._src.evals.spavl import spavl_steering_pairs as spavl_steering_pai
 from jaxsteer._src.evals.spavl import win_stats as win_stats
 from jaxsteer._src.evals.truthfulqa import DEFAULT_SPLIT_PATH as DEFAULT_SPLIT_PATH
 from jaxsteer._src.evals.truthfulqa import PROMPT_TEMPLATE as PROMPT_TEMPLATE
+from jaxsteer._src.evals.truthfulqa import TEMPLATES as TEMPLATES
 from jaxsteer._src.evals.truthfulqa import Question as Question
 from jaxsteer._src.evals.truthfulqa import TruthfulQA as TruthfulQA
 from jaxsteer._src.evals.truthfulqa import evaluate_truthfulqa as evaluate_truthfulqa
@@ -52,12 +53,15 @@ from jaxsteer._src.evals.truthfulqa import question_sha as question_sha
 from jaxsteer._src.evals.truthfulqa import save_split as save_split
 from jaxsteer._src.evals.truthfulqa import steering_pairs as steering_pairs
 from jaxsteer._src.evals.truthfulqa import tokenize_request as tokenize_request
+from jaxsteer._src.evals.truthfulqa import tokenizer_adds_bos as tokenizer_adds_bos
 
 __all__ = [
   "EvalLog",
   "JudgeError",
   "JudgeRunner",
   "check_judge_url",
+  "TEMPLATES",
+  "tokenizer_adds_bos",
   "DEFAULT_SPLIT_PATH",
   "PROMPT_TEMPLATE",
   "Question",

@@ -169,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--metrics", help="comma-separated subset of mc0,mc1,mc2")
   t.add_argument("--data", help="shared data dir (default $JAXSTEER_DATA)")
   t.add_argument("--batch-size", type=_positive_int, default=16)
+  t.add_argument(
+    "--template",
+    choices=["qa", "lm-eval"],
+    default="qa",
+    help="prompt: qa (Q: ...\\nA:) or lm-eval (its six-example preamble; comparable numbers)",
+  )
+  t.add_argument(
+    "--bos",
+    choices=["auto", "always", "never"],
+    default="always",
+    help="BOS before the prompt; auto follows the tokenizer's default (as lm-eval)",
+  )
+  t.add_argument("--details", help="write per-question log-likelihoods (JSON) to this file")
   t.add_argument("--no-progress", action="store_true")
 
   for name, helptext in (
@@ -510,9 +523,16 @@ def cmd_eval_truthfulqa(args) -> dict:
     limit=args.limit,
     batch_size=args.batch_size,
     progress=not args.no_progress,
+    template=args.template,
+    bos=args.bos,
+    details=bool(args.details),
   )
   res["model"] = str(args.model)
   res["steering"] = info or None
+  if args.details:
+    questions = res.pop("questions")
+    _write_text(args.details, json.dumps(dict(res, questions=questions), indent=1))
+    res["details"] = str(args.details)
   return res
 
 
