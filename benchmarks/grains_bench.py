@@ -11,7 +11,13 @@ in one run on one machine:
    log-likelihood of the last ``response_len`` tokens; baseline: the pad-token embedding (captum:
    pad ids as the layer baseline); ``steps`` Gauss-Legendre points. Reports attributions/s, the
    ratio (> 1: jaxsteer faster), compile time apart, and the agreement of the token scores.
-2. Steering overhead: greedy KV-cache generation tokens/s of ``jaxsteer.steer(lm, v, alpha)`` vs.
+   Also the FLOP bound of the same work: XLA's cost analysis of the compiled IG program over the
+   machine's measured single-thread float32 matmul peak (``flop_bound_s``; ``ratio_to_bound`` is
+   the measured time over it; the goal is at least captum's throughput and within 1.3x of it).
+2. ``grains.fit`` cold and warm: 8 pairs of mixed lengths (token ids), time and XLA compile
+   counts with ``batch_size`` 8 and 3 (batches padded to ``batch_size``, widths to powers of two,
+   IG points in fixed-size chunks, so the warm fit compiles nothing).
+3. Steering overhead: greedy KV-cache generation tokens/s of ``jaxsteer.steer(lm, v, alpha)`` vs.
    the unsteered model (interleaved repeats, medians); the goal is under 3 %.
 
 Usage::
@@ -104,6 +110,10 @@ def bench_ig(hf, lm, *, seq_len: int, response_len: int, steps: int, repeats: in
   t0 = time.perf_counter()
   jax.block_until_ready(jax_ig(None, x, base))
   j_first = time.perf_counter() - t0
+  cost = jax_ig.lower(None, x, base).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list | tuple) else cost
+  flops = float(cost.get("flops", np.nan))
+  peak = matmul_peak_flops()
   j_t = _median_time(lambda: jax.block_until_ready(jax_ig(None, x, base)), repeats)
   j_scores, j_delta = (np.asarray(a) for a in jax_ig(None, x, base))
 
@@ -149,7 +159,62 @@ def bench_ig(hf, lm, *, seq_len: int, response_len: int, steps: int, repeats: in
     "token_scores_max_abs": scale,
     "completeness_delta_jaxsteer": float(j_delta),
     "completeness_delta_captum": c_delta,
+    "xla_flops": flops,
+    "matmul_peak_flops_per_s": peak,
+    "flop_bound_s": flops / peak,
+    "ratio_to_bound": j_t / (flops / peak),
+    "captum_ratio_to_bound": c_t / (flops / peak),
   }
+
+
+def matmul_peak_flops(n: int = 512, repeats: int = 5) -> float:
+  """Measured float32 matmul FLOP/s of a jitted (n, n) @ (n, n) on this machine's threads."""
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((n, n), jnp.float32)
+  mm = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(mm(a))
+  t = min(_median_time(lambda: jax.block_until_ready(mm(a)), 1) for _ in range(repeats))
+  return 2.0 * n**3 / t
+
+
+def bench_fit(lm) -> dict:
+  """Cold and warm ``grains.fit`` on 8 pairs of mixed lengths: seconds and compile counts."""
+  import jax
+
+  from jaxsteer import grains
+
+  count = [0]
+
+  def listener(event, duration, **kw):
+    if event == "/jax/core/compile/backend_compile_duration":
+      count[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  rng = np.random.default_rng(2)
+  v = lm.config.vocab_size
+
+  def pairs(seed):
+    r = np.random.default_rng(seed)
+    return [
+      grains.Pair([1] + r.integers(3, v, 6 + 3 * i).tolist(), r.integers(3, v, 2 + i % 3).tolist(),
+                  r.integers(3, v, 3).tolist())
+      for i in range(8)
+    ]  # fmt: skip
+
+  out = {}
+  del rng
+  for bs in (8, 3):
+    row = {}
+    for name, seed in (("cold", 0), ("warm", 1)):
+      c0, t0 = count[0], time.perf_counter()
+      grains.fit(lm, pairs(seed), layers=[1], k=2, steps=16, max_steps=16, batch_size=bs,
+                 on_unconverged="ignore", progress=False)  # fmt: skip
+      row[f"{name}_s"] = time.perf_counter() - t0
+      row[f"{name}_compiles"] = count[0] - c0
+    out[f"batch_size_{bs}"] = row
+  return out
 
 
 def bench_steering(lm, *, batch: int, prompt_len: int, new_tokens: int, repeats: int) -> dict:
@@ -245,9 +310,11 @@ def run(quick: bool = False, threads: int = 1, only: str = "all") -> dict:
 
   kw = QUICK_CONFIG if quick else CONFIG
   hf, lm = build(kw)
-  ig = st = None
+  ig = st = fit = None
   if only in ("all", "ig"):
     ig = bench_ig(hf, lm, seq_len=32 if quick else 64, response_len=8, steps=20, repeats=3)
+  if only in ("all", "fit"):
+    fit = bench_fit(lm)
   if only in ("all", "steering"):
     st = bench_steering(
       lm, batch=4, prompt_len=32, new_tokens=32 if quick else 64, repeats=5 if quick else 15
@@ -264,7 +331,9 @@ def run(quick: bool = False, threads: int = 1, only: str = "all") -> dict:
       "threads_per_framework": threads,
     },
     "integrated_gradients": ig,
+    "fit": fit,
     "steering": st,
+    "loadavg": os.getloadavg(),
   }
 
 
@@ -272,9 +341,14 @@ def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="smaller model, fewer repeats")
   p.add_argument("--threads", type=int, default=1, help="CPU threads per framework (0: defaults)")
-  p.add_argument("--only", choices=["all", "ig", "steering"], default="all")
+  p.add_argument("--only", choices=["all", "ig", "fit", "steering"], default="all")
+  p.add_argument("--out", help="also write the JSON here")
   args = p.parse_args(argv)
-  print(json.dumps(run(quick=args.quick, threads=args.threads, only=args.only), indent=2))
+  text = json.dumps(run(quick=args.quick, threads=args.threads, only=args.only), indent=2)
+  print(text)
+  if args.out:
+    with open(args.out, "w") as fh:
+      fh.write(text)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
 from jaxsteer import attribution as attribution
 from jaxsteer import evals as evals
 from jaxsteer import grains as grains
+from jaxsteer import iti as iti
 from jaxsteer import models as models
 from jaxsteer._src.steering import steer as steer
 from jaxsteer.models import LanguageModel as LanguageModel
@@ -27,6 +28,7 @@ __all__ = [
   "attribution",
   "evals",
   "grains",
+  "iti",
   "load",
   "models",
   "steer",

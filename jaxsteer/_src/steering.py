@@ -131,7 +131,7 @@ def steer(
   alpha=1.0,
   *,
   layers=None,
-  normalize: bool = True,
+  normalize: bool | None = None,
   site: str | None = None,
   positions: str = "all",
 ):
@@ -143,6 +143,7 @@ def steer(
     alpha: strength, a scalar or one value per layer (traced: changing it recompiles nothing).
     layers: optionally a subset of the vectors' layers to apply.
     normalize: keep each token's norm (GrAInS); ``False`` gives plain addition (ActAdd/CAA).
+      Default: ``metadata["normalize"]`` of the vectors (``False`` for ITI), else ``True``.
     site: ``layer`` (the decoder layer's output, the residual stream), ``attn`` (the attention
       block's output) or ``mlp`` (the MLP's output) of each chosen layer. Default: the site the
       vectors were fitted at (``metadata["site"]``), else ``layer``.
@@ -156,6 +157,7 @@ def steer(
     dict(zip(vectors.layers, vectors.vectors)) if hasattr(vectors, "layers") else dict(vectors)
   )
   site = site or meta.get("site", "layer")
+  normalize = bool(meta.get("normalize", True)) if normalize is None else bool(normalize)
   if site not in SITES:
     raise ValueError(f"unknown steering site {site!r}; known: {', '.join(SITES)}")
   if positions not in POSITIONS:
