@@ -75,7 +75,7 @@ def test_loader_errors(tmp_path):
 def test_metric_definitions():
   assert evals.mc1([-1.0, -2.0, -0.5], [1, 0, 0]) == 0.0
   assert evals.mc1([-0.4, -2.0, -0.5], [1, 0, 0]) == 1.0
-  assert evals.mc1([-0.5, -0.5], [1, 0]) == 0.0  # ties do not count
+  assert evals.mc1([-0.5, -0.5], [1, 0]) == 1.0  # lm-eval: argmax takes the first (true) one
   s, l = np.array([-1.0, -2.0, -3.0, -0.5]), np.array([1, 1, 0, 0])
   p = np.exp(s)
   assert evals.mc2(s, l) == pytest.approx(p[:2].sum() / p.sum(), rel=1e-12)
