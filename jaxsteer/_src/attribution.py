@@ -696,6 +696,38 @@ def contrastive_batches(
   return res
 
 
+def preference_margins(lm, pos, neg, *, images=None, reduce: str = "sum", batch_size: int = 8):
+  """log P(preferred) - log P(dispreferred) per pair of ``(ids, prompt_len)`` rows under ``lm``
+  (steered models and VLMs included: ``images`` gives one ``ImageInputs`` or ``None`` per pair)."""
+  n = len(pos)
+  images = images if images is not None else [None] * n
+  f, a = lm.intercept
+  out = np.zeros(n)
+  limit = lm.config.max_position_embeddings
+  for b0 in range(0, n, batch_size):
+    idx = list(range(b0, min(n, b0 + batch_size)))
+    ids_p, m_p = _pad_batch([pos[i][0] for i in idx], batch_size,
+                            pow2_width(max(len(pos[i][0]) for i in idx), limit), lm.pad_id)  # fmt: skip
+    ids_n, m_n = _pad_batch([neg[i][0] for i in idx], batch_size,
+                            pow2_width(max(len(neg[i][0]) for i in idx), limit), lm.pad_id)  # fmt: skip
+    r_p, r_n = m_p.copy(), m_n.copy()
+    for j in range(batch_size):
+      i = idx[min(j, len(idx) - 1)]
+      r_p[j, : pos[i][1]] = 0
+      r_n[j, : neg[i][1]] = 0
+    ims = [images[i] for i in idx]
+    ims = ims + [ims[-1]] * (batch_size - len(ims))
+    xp, xn = input_embeddings(lm, ids_p, ims), input_embeddings(lm, ids_n, ims)
+    batch = dict(
+      ids_pos=jnp.asarray(ids_p), ids_neg=jnp.asarray(ids_n), mask_pos=jnp.asarray(m_p),
+      mask_neg=jnp.asarray(m_n), resp_pos=jnp.asarray(r_p), resp_neg=jnp.asarray(r_n),
+      x_pos=xp, x_neg=xn, base_pos=xp, base_neg=xn,
+    )  # fmt: skip
+    lp, ln, _, _ = contrastive_objectives(lm.module, f, lm.params, a, batch, reduce=reduce)
+    out[idx] = (np.asarray(lp, np.float64) - np.asarray(ln, np.float64))[: len(idx)]
+  return out
+
+
 def pad_rows(rows: Sequence[Sequence[int]], multiple: int = 16, pad_id: int = 0):
   """Right-pads id rows to a common width (rounded up to ``multiple``); returns ids and mask."""
   width = max(len(r) for r in rows)
