@@ -7,8 +7,8 @@ with exit code 2.
 
   python -m jaxsteer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 32
   python -m jaxsteer attribute --model M --prompt "Q: ...\\nA:" --preferred Yes --dispreferred No
-  python -m jaxsteer fit --model M --pairs pairs.jsonl --layers 3,4 --out vecs/
-  python -m jaxsteer fit --model M --truthfulqa v1 --n 50 --data ../shared/data --layers 3 --out v/
+  python -m jaxsteer fit --model M --pairs pairs.jsonl --layers 3,4 --out vecs.safetensors
+  python -m jaxsteer fit --model M --truthfulqa v1 --n 50 --data ../shared/data --layers 3 --out v.safetensors
   python -m jaxsteer generate --model M --prompt "..." --vectors vecs/ --alpha 4
   python -m jaxsteer eval truthfulqa --model M --vectors vecs/ --alpha 4 --set v1 --limit 100
 """
