@@ -147,7 +147,7 @@ def _pairs(images):
 def test_fit_with_images_uses_the_vlm_defaults(vlm, images):
   pairs = _pairs(images)
   v = grains.fit(vlm, pairs, layers=[1, 2], steps=4, progress=False)
-  assert v.metadata["k"] == 50 and v.metadata["mode"] == "pos" and v.metadata["multimodal"]
+  assert v.metadata["k"] == 50 and v.metadata["mode"] == "both" and v.metadata["multimodal"]
   assert v.vectors.shape == (2, TEXT.hidden_size) and np.isfinite(v.vectors).all()
   # images= gives the same vectors as Pair.image
   bare = [grains.Pair(p.prompt, p.preferred, p.dispreferred) for p in pairs]
