@@ -231,7 +231,7 @@ def test_several_eos_ids_are_never_candidates(lm, monkeypatch):
 
   from jaxsteer._src import grains as g
 
-  lm2 = lm.replace(config=dataclasses.replace(CFG, eos_token_id=(2, 7), pad_token_id=0))
+  lm2 = lm.replace(config=dataclasses.replace(CFG, eos_token_ids=(2, 7), pad_token_id=0))
   assert {1, 2, 7} <= grains.special_ids(lm2)
   masks = []
   orig = g._capture_variants
