@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsteer._src.distributed import to_host
 from jaxsteer._src.models.llava import as_image_list
 
 # ------------------------------------------------------------------------------------------------
@@ -633,7 +634,7 @@ def contrastive_batches(
       base_neg=baseline_embeddings(lm, ids_n, baseline).astype(jnp.float32),
     )
     lp_x, ln_x, lp_b, ln_b = (
-      np.asarray(t, np.float64)
+      to_host(t).astype(np.float64)
       for t in contrastive_objectives(lm.module, f, lm.params, a, batch, reduce=reduce)
     )
     dF_p, dF_n = lp_x - lp_b, -(ln_x - ln_b)  # each sequence's share of F(x) - F(b)
@@ -654,8 +655,8 @@ def contrastive_batches(
           jnp.asarray(weights[c : c + chunk], jnp.float32),
           reduce=reduce,
         )  # fmt: skip
-        sp += np.asarray(cp, np.float64)
-        sn += np.asarray(cn, np.float64)
+        sp += to_host(cp).astype(np.float64)  # to_host: may span processes
+        sn += to_host(cn).astype(np.float64)
       d_p = sp.sum(-1) - dF_p
       d_n = sn.sum(-1) - dF_n
       rel = np.maximum(
