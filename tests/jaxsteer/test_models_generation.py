@@ -112,8 +112,8 @@ def test_no_stop_id_runs_to_the_budget(lm, free_run):
 def test_similar_prompt_lengths_share_programs(lm):
   lm.generate_ids(np.array([[1, 2, 3]]), max_new_tokens=5)
   with count_compiles() as c:
-    for n in (4, 7, 11, 16):
-      lm.generate_ids(np.arange(1, n + 1)[None], max_new_tokens=5 + n % 3)
+    for n, stops in ((4, None), (7, 9), (11, [7, 9]), (16, (1, 2, 3))):
+      lm.generate_ids(np.arange(1, n + 1)[None], max_new_tokens=5 + n % 3, eos_token_ids=stops)
   assert c.count == 0
 
 

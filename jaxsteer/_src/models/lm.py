@@ -535,7 +535,9 @@ class LanguageModel:
         f"model's context of {self.config.max_position_embeddings}"
       )
     stop = self.config.stop_ids if eos_token_ids is None else _as_ids(eos_token_ids)
-    stop_ids = jnp.asarray(stop if stop else (-1,), jnp.int32)
+    # Padded with -1 (never a token) to a multiple of 4: other stop sets reuse the programs.
+    stop = tuple(stop) + (-1,) * (-len(stop) % 4 or (4 if not stop else 0))
+    stop_ids = jax.device_put(np.asarray(stop, np.int32))
     embeds = _check_embeds(inputs_embeds, ids.shape, self.config.hidden_size)
     width = _bucket(ids.shape[1], PROMPT_BUCKET)
     ids, mask, embeds = _left_pad(ids, mask, embeds, width, self.pad_id)

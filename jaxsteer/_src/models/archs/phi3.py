@@ -1,5 +1,11 @@
 """Phi-3 / Phi-3.5 (dense): fused ``qkv_proj`` and ``gate_up_proj``, LongRoPE (``su``) scaling,
-partial rotary, optional sliding window."""
+partial rotary, optional sliding window.
+
+LongRoPE picks its short or long factors per forward pass from the largest position, as
+transformers does. Known difference: a generation that crosses ``original_max_position_embeddings``
+keeps the keys cached before the switch (short factors), while transformers' Phi-3 drops its cache
+at the switch and recomputes it; tokens after the switch can differ.
+"""
 
 import functools
 
