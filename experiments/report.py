@@ -151,6 +151,42 @@ def _cell(s) -> str:
   return fmt(s).replace("|", "\\|").replace("\n", " ")
 
 
+def _value(row: dict) -> str:
+  """``value [lo, hi]`` (the 95 % interval) as the page shows it; ``(exact)`` when no sampling."""
+  v = _cell(row.get("value"))
+  ci = row.get("ci")
+  if not ci:
+    return v
+  if row.get("ci_method") == "exact":
+    return f"{v} (exact)"
+  return f"{v} [{_cell(ci[0])}, {_cell(ci[1])}]"
+
+
+VERDICT_MARK = {
+  "supported": "supported",
+  "contradicted": "**CONTRADICTED**",
+  "inconclusive": "inconclusive",
+}
+
+
+def _verdict(c: dict) -> str:
+  return VERDICT_MARK.get(c.get("verdict"), _cell(c.get("verdict")))
+
+
+def _claims_table(items: list[tuple[str, dict]], with_study: bool) -> list[str]:
+  head = (
+    "| study | claim | measured | ours [95% CI] | verdict | paper |"
+    if with_study
+    else ("| claim | measured | ours [95% CI] | verdict | paper |")
+  )
+  lines = [head, "|---" * (6 if with_study else 5) + "|"]
+  for name, c in items:
+    cells = [f"`{name}`"] if with_study else []
+    cells += [_cell(c["claim"]), _cell(c["metric"]), _value(c), _verdict(c), _cell(c.get("paper"))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines
+
+
 def _section(name: str, st: dict, env_summary: str) -> list[str]:
   lines = [f"## {st['paper']} (`{name}`)", "", f"**Paper's claim.** {st['claim']}", ""]
   status = st["status"]
@@ -165,9 +201,15 @@ def _section(name: str, st: dict, env_summary: str) -> list[str]:
     lines += [f"**Status: skipped** ({_cell(st.get('reason'))}). No numbers are claimed.", ""]
     return lines
   lines += [f"**Status:** ok in {fmt(st.get('seconds'))} s.", ""]
-  lines += ["| metric | ours | paper |", "|---|---:|---|"]
+  claims = st.get("claims", [])
+  if claims:
+    lines += ["**Verdicts.**", ""] + _claims_table([(name, c) for c in claims], False) + [""]
+  lines += ["| metric | ours [95% CI] | n | paper |", "|---|---:|---:|---|"]
   for row in st.get("headline", []):
-    lines.append(f"| {_cell(row['metric'])} | {_cell(row['value'])} | {_cell(row.get('paper'))} |")
+    lines.append(
+      f"| {_cell(row['metric'])} | {_value(row)} | {_cell(row.get('n'))} | "
+      f"{_cell(row.get('paper'))} |"
+    )
   lines.append("")
   setting = st.get("setting", {})
   lines += [
@@ -176,6 +218,7 @@ def _section(name: str, st: dict, env_summary: str) -> list[str]:
     f"- model: {fmt(setting.get('model'))}",
     f"- data: {fmt(setting.get('data'))}",
     f"- seed: {fmt(setting.get('seed'))}",
+    f"- selection: {fmt(setting.get('selection'))}",
     f"- hardware: {env_summary}",
     f"- config: `{json.dumps(setting.get('config'), separators=(',', ':'))}`",
     "",
@@ -185,32 +228,53 @@ def _section(name: str, st: dict, env_summary: str) -> list[str]:
   return lines
 
 
+def all_claims(results: dict) -> list[tuple[str, dict]]:
+  """(study, claim row) for every claim of every study that ran, in registry order."""
+  return [
+    (name, c)
+    for name, st in results["studies"].items()
+    if st["status"] == "ok"
+    for c in st.get("claims", [])
+  ]
+
+
 def render(results: dict) -> str:
   """The Markdown text of the report for ``results`` (see ``write_report``)."""
   env = results["environment"]
   studies = results["studies"]
+  claims = all_claims(results)
   lines = [
     "# Reproduction report",
     "",
     f"Mode **{results['mode']}**, written by `{results['command']}` "
     f"(started {results['started']}, finished {results['finished']}). "
-    "Every number on this page is read from `results.json` beside it.",
+    "Every number on this page is read from `results.json` beside it; intervals are 95 % "
+    "bootstrap intervals (over items, prompts or windows; over seeds and items where a model is "
+    "trained here), and hyper-parameters (alpha, layer, step size) were chosen on a validation "
+    "split disjoint from the test items the numbers are measured on.",
     "",
-    f"**Hardware.** {env['summary']}; {env['platform']}; git commit {env['git_commit']}.",
+    "## Verdicts",
+    "",
+    "A claim is *supported* when its whole interval lies on the claimed side, **CONTRADICTED** "
+    "when it lies on the other side, and *inconclusive* (not resolved at this scale) otherwise.",
+    "",
+  ]
+  lines += _claims_table(claims, True) if claims else ["No claims were tested in this run."]
+  lines += [
+    "",
+    f"**Hardware.** {env['summary']}; {env['platform']}; git commit {env['git_commit']}; "
+    f"threads {fmt(env.get('threads'))}; load average (1, 5, 15 min) at start "
+    f"{fmt(env.get('load_average_start'))}, at finish {fmt(env.get('load_average_finish'))} "
+    "(a shared machine when above the core count: timings are then pessimistic).",
     "",
     f"**Data directory.** `{results['data_dir']}`.",
     "",
-    "| study | paper | status | seconds | headline | ours | paper |",
-    "|---|---|---|---:|---|---:|---|",
+    "| study | paper | status | seconds |",
+    "|---|---|---|---:|",
   ]
   for name, st in studies.items():
     status = {"ok": "ok", "failed": "**FAILED**", "skipped": "skipped"}[st["status"]]
-    head = st.get("headline") or [{}]
-    h = head[0] if st["status"] == "ok" else {}
-    lines.append(
-      f"| `{name}` | {_cell(st['paper'])} | {status} | {_cell(st.get('seconds'))} | "
-      f"{_cell(h.get('metric', ''))} | {_cell(h.get('value', ''))} | {_cell(h.get('paper', ''))} |"
-    )
+    lines.append(f"| `{name}` | {_cell(st['paper'])} | {status} | {_cell(st.get('seconds'))} |")
   lines.append("")
   for name, st in studies.items():
     lines += _section(name, st, env["summary"])
@@ -232,15 +296,18 @@ def write_report(results: dict, out_dir) -> pathlib.Path:
   return path
 
 
-def headline_table(results: dict, max_rows: int = 3) -> str:
-  """A Markdown table of the first ``max_rows`` headline numbers of each study (for the README)."""
-  lines = ["| study | metric | ours | paper |", "|---|---|---:|---|"]
+def headline_table(results: dict) -> str:
+  """The README's table: one row per claim of each study (chosen by claim, never by position).
+
+  A study that did not run shows its status; a study without claims shows none.
+  """
+  lines = [
+    "| study | claim | measured | ours [95% CI] | verdict | paper |",
+    "|---|---|---|---:|---|---|",
+  ]
   for name, st in results["studies"].items():
     if st["status"] != "ok":
-      lines.append(f"| `{name}` | {st['status']} | | |")
+      lines.append(f"| `{name}` | {st['status']} | | | | |")
       continue
-    for row in st.get("headline", [])[:max_rows]:
-      lines.append(
-        f"| `{name}` | {_cell(row['metric'])} | {_cell(row['value'])} | {_cell(row.get('paper'))} |"
-      )
+    lines += _claims_table([(name, c) for c in st.get("claims", [])], True)[2:]
   return "\n".join(lines) + "\n"

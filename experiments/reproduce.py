@@ -1,6 +1,6 @@
 """Reproduces all four papers at small scale and writes a report with tables and plots.
 
-  python -m experiments.reproduce --quick                    # 7 min on 2 quiet CPU cores (15 loaded)
+  python -m experiments.reproduce --quick                    # see experiments/results/quick
   python -m experiments.reproduce --smoke --out /tmp/smoke   # one or two steps of everything
   python -m experiments.reproduce --only grains,sgntk --out runs/reproduce   # full settings
   python -m experiments.reproduce --quick --only grains --model meta-llama/Llama-3.2-1B  # online
@@ -51,6 +51,25 @@ import traceback
 from tqdm.auto import tqdm
 
 from experiments.report import atomic_write, environment, sanitize, write_report
+
+
+def set_threads(threads: int) -> None:
+  """Pins XLA (and PyTorch) to ``threads`` CPU threads before JAX starts; 0 leaves defaults.
+
+  With one thread, XLA's CPU reductions run in a fixed order, so a quick run gives the same
+  numbers on repeated runs of one machine; across CPUs with other vector units (AVX2 vs AVX-512)
+  XLA may still generate different code, which is why every headline carries an interval over
+  seeds and items.
+  """
+  if threads <= 0:
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+  for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(var, str(threads))
+  if "torch" in sys.modules:
+    sys.modules["torch"].set_num_threads(threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +199,7 @@ def run_study(
     **entry,
     "status": "ok",
     "seconds": round(time.perf_counter() - t0, 1),
+    "claims": result.pop("claims", []),
     "headline": result.pop("headline", []),
     "setting": result.pop("setting", {}),
     "figures": [f"{study.name}/{f}" for f in result.pop("figures", [])],
@@ -212,7 +232,15 @@ def main(argv=None) -> int:
   ap.add_argument("--data", default=None, help="data directory (default: $JAXSTEER_DATA)")
   ap.add_argument("--model", default=None, help="path or hub id for the models/grains studies")
   ap.add_argument("--tokenizer", default=None, help="tokenizer path for a llama2.c --model")
+  ap.add_argument(
+    "--threads",
+    type=int,
+    default=1,
+    help="CPU threads for XLA's Eigen and PyTorch (1: single-threaded, reproducible reductions; "
+    "0: the frameworks' defaults). Takes effect only if JAX is not yet initialised.",
+  )
   args = ap.parse_args(argv)
+  set_threads(args.threads)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
   unknown = [s for s in only if s not in STUDIES]
@@ -239,6 +267,7 @@ def main(argv=None) -> int:
     (out / stale).unlink(missing_ok=True)
 
   started = _now()
+  load_start = [round(x, 2) for x in os.getloadavg()]
   env = environment()
   overrides = {"model": args.model, "tokenizer": args.tokenizer}
   studies = {}
@@ -256,7 +285,13 @@ def main(argv=None) -> int:
       "started": started,
       "finished": _now(),
       "data_dir": str(data_dir),
-      "environment": env,
+      "environment": {
+        **env,
+        "threads": args.threads,
+        "xla_flags": os.environ.get("XLA_FLAGS"),
+        "load_average_start": load_start,
+        "load_average_finish": [round(x, 2) for x in os.getloadavg()],
+      },
       "ok": all(s["status"] != "failed" for s in studies.values()),
       "studies": studies,
     }

@@ -2,15 +2,15 @@
 
 Command::
 
-  python -m experiments.reproduce --quick --only grains      # about 2-4 minutes on 2 CPU cores
+  python -m experiments.reproduce --quick --only grains      # about 3-6 minutes on 2 CPU cores
   python -m experiments.grains.run --out runs/grains         # full sweeps, about 15-30 minutes
   python -m experiments.reproduce --only grains --model meta-llama/Llama-3.1-8B-Instruct  # online
 
-Expected headline (quick): contrastive IG ranks the planted trigger first in 0.44 of the pairs
-(chance 0.125); GrAInS at layer 0, alpha 16 makes every triggered key-A item answer A (1.0; clean
-key-B items flip too: 0.0) while CAA moves none (0.0). stories260K, layer 3, alpha 0.3 (24 tokens,
-10 IG steps): sentiment 3.6 (GrAInS) and 8.4 (CAA) vs 10.5 unsteered, so the quick size does not
-show the full run's gain (GrAInS 12.7-19.3 vs 8.7 with 48 tokens and 20 IG steps; README.md).
+Expected headline: see the verdicts in ``experiments/results/quick/REPORT.md`` (quick) and
+``experiments/grains/README.md`` (tables generated from the JSON by ``python -m experiments.tables``).
+Quick: synthetic task with 2 seeds (full: 3), 64 (full: 200) test items per group, alpha/layer
+chosen on separate validation items; stories260K with 24 fitting pairs, 12 validation and 48 test
+openings, layers 2-3 (full: 1-4), 24 (full: 48) generated tokens, 10 (full: 20) IG steps.
 """
 
 from __future__ import annotations
@@ -51,9 +51,18 @@ class Config:
         steer_layers=(0,),
         alphas=(4.0,),
         steps=2,
+        seeds=(0,),
       ),
       stories=StoriesConfig(
-        layers=(3,), alphas=(0.3,), max_new_tokens=4, k=1, steps=2, n_pairs=2, n_prompts=2
+        layers=(3,),
+        alphas=(0.3,),
+        iti_alphas=(1.0,),
+        max_new_tokens=4,
+        k=1,
+        steps=2,
+        n_pairs=2,
+        n_val=2,
+        n_test=2,
       ),
       heatmap_steps=2,
     )
@@ -62,9 +71,15 @@ class Config:
   def quick(cls) -> Config:
     return cls(
       synthetic=SyntheticConfig(
-        train_steps=200, n_pairs=16, n_eval=64, steer_layers=(0,), alphas=(0.0, 8.0, 16.0), steps=10
+        train_steps=200,
+        n_pairs=16,
+        n_eval=64,
+        steer_layers=(0,),
+        alphas=(4.0, 8.0, 16.0),
+        steps=10,
+        seeds=(0, 1),
       ),
-      stories=StoriesConfig(layers=(3,), alphas=(0.0, 0.3, 1.0), max_new_tokens=24, steps=10),
+      stories=StoriesConfig(layers=(2, 3), alphas=(0.1, 0.3, 0.5), max_new_tokens=24, steps=10),
       heatmap_steps=10,
     )
 

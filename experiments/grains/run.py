@@ -21,8 +21,12 @@ import json
 import os
 import pathlib
 
+import numpy as np
+
+from experiments import stats
 from experiments.grains import stories, synthetic
 from experiments.grains.config import Config
+from experiments.report import sanitize
 
 
 def load_model(model: str | None, tokenizer: str | None, data_dir: pathlib.Path):
@@ -47,51 +51,61 @@ def run(
   cfg = config or (Config.quick() if quick else Config.full())
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  syn = synthetic.run(cfg.synthetic)
-  (out_dir / "synthetic.json").write_text(json.dumps(syn, indent=2, default=float))
+  syn = synthetic.run(cfg.synthetic, progress=False)
+  syn["summary"] = synthetic.summarize(syn)
+  (out_dir / "synthetic.json").write_text(json.dumps(sanitize(syn), indent=2))
   synthetic.plot(syn, out_dir / "synthetic.png")
   figures = ["synthetic.png"]
-  best = max(
-    (r for k, s in syn["sweeps"].items() if k.startswith("grains") for r in s["sweep"]),
-    key=lambda r: (r["alpha"] > 0, r["trigger_keyA"], -r["alpha"]),  # the smallest alpha > 0
-  )
-  caa_best = max(
-    (r for k, s in syn["sweeps"].items() if k.startswith("caa") for r in s["sweep"]),
-    key=lambda r: (r["alpha"] > 0, r["trigger_keyA"], -r["alpha"]),
-  )
-  head = [
-    {
-      "metric": "synthetic: contrastive IG ranks the trigger first (recall@1; chance 1/8)",
-      "value": syn["ig_trigger_recall_at_1"],
-      "paper": "attribution finds the tokens behind the dispreferred answer",
-    },
-    {
-      "metric": "synthetic: triggered key-A items answered A, unsteered",
-      "value": syn["unsteered"]["trigger_keyA"],
-      "paper": "",
-    },
-    {
-      "metric": f"synthetic: same, best GrAInS (alpha {best['alpha']:g})",
-      "value": best["trigger_keyA"],
-      "paper": "GrAInS steers toward the preferred answer",
-    },
-    {
-      "metric": "synthetic: clean key-B items still answered B at that alpha",
-      "value": best["clean_keyB"],
-      "paper": "(not measured in the paper)",
-    },
-    {
-      "metric": f"synthetic: triggered key-A items answered A, best CAA (alpha {caa_best['alpha']:g})",
-      "value": caa_best["trigger_keyA"],
-      "paper": "CAA is weaker than GrAInS",
-    },
-  ]
+  sm = syn["summary"]
+  n_seeds = len(cfg.synthetic.seeds)
+  E = lambda d: stats.Estimate(d["value"], d["ci"][0], d["ci"][1], d["n"], d["ci_method"])  # noqa: E731
+  claims, head = [], []
+
+  def add(c: stats.Claim, est: stats.Estimate, note=""):
+    claims.append(stats.claim(c, est, note))
+    head.append(stats.row(c.metric, est, c.paper))
+
+  syn_note = f"{n_seeds} seeds x test items; alpha/layer chosen on validation items"
+  add(
+    stats.Claim(
+      "Contrastive IG finds the input tokens behind the dispreferred answer",
+      "synthetic: IG ranks the planted trigger first (recall@1; chance 1/8)",
+      "greater", 0.125, "attribution finds the tokens behind the dispreferred answer",
+    ),
+    E(sm["ig_recall_at_1"]), f"{n_seeds} seeds x 20 pairs",
+  )  # fmt: skip
+  add(
+    stats.Claim(
+      "GrAInS steers toward the preferred answer",
+      "synthetic: triggered key-A items answered A, GrAInS - unsteered (test)",
+      "greater", 0.0, "GrAInS steers toward the preferred answer",
+    ),
+    E(sm["grains_minus_unsteered_trigger_keyA"]), syn_note,
+  )  # fmt: skip
+  add(
+    stats.Claim(
+      "GrAInS steers better than CAA",
+      "synthetic: triggered key-A items answered A, GrAInS - CAA (test)",
+      "greater", 0.0, "CAA is weaker than GrAInS",
+    ),
+    E(sm["grains_minus_caa_trigger_keyA"]), syn_note,
+  )  # fmt: skip
+  add(
+    stats.Claim(
+      "GrAInS keeps the model's other behaviour (accuracy over all four groups drops < 0.05)",
+      "synthetic: mean accuracy over the four groups, GrAInS - unsteered (test)",
+      "greater", -0.05, "steering preserves general capability",
+    ),
+    E(sm["grains_minus_unsteered_mean"]), syn_note,
+  )  # fmt: skip
+  for method in ("unsteered", "grains", "caa"):
+    for g in ("trigger_keyA", "clean_keyB", "mean"):
+      head.append(stats.row(f"synthetic: accuracy {g}, {method} (test)", E(sm[f"{method}_{g}"])))
   summary = {
     "synthetic": {
-      "unsteered": syn["unsteered"],
-      "ig_trigger_recall_at_1": syn["ig_trigger_recall_at_1"],
-      "train_loss_final": syn["train_loss_final"],
-      "sweeps": syn["sweeps"],
+      "summary": sm,
+      "validation_sweeps": {s["seed"]: s["validation_sweep"] for s in syn["seeds"]},
+      "train_loss_final": {s["seed"]: s["train_loss_final"] for s in syn["seeds"]},
     },
   }
   lm, model_name = (
@@ -107,31 +121,82 @@ def run(
     res.plot(str(out_dir / "attribution.png"))
     figures.append("attribution.png")
     st = stories.run(lm, cfg.stories, progress=False)
-    (out_dir / "stories.json").write_text(json.dumps(st, indent=2, default=float))
+    st["summary"] = stories.summarize(st)
+    (out_dir / "stories.json").write_text(json.dumps(sanitize(st), indent=2))
     stories.plot(st, out_dir / "stories.png")
     figures.append("stories.png")
+    ss, test = st["summary"], st["test"]
+    n_test = st["n_test_prompts"]
+    note = f"{n_test} test prompts (paired); layer/alpha chosen on {st['n_val_prompts']} others"
+
+    def diff(a, b, metric):
+      x, y = np.asarray(test[a][metric], float), np.asarray(test[b][metric], float)
+      ok = np.isfinite(x) & np.isfinite(y)
+      return stats.paired(x[ok], y[ok])
+
+    g = st["chosen"].get("grains", {})
+    at = f"layer {g.get('layer')}, alpha {g.get('alpha')}"
+    add(
+      stats.Claim(
+        "Steering with GrAInS raises the target attribute (sentiment)",
+        f"stories: margin log P(happy) - log P(sad), GrAInS ({at}) - unsteered",
+        "greater", 0.0, "steering raises the target attribute",
+      ),
+      diff("grains", "unsteered", "margin"), note,
+    )  # fmt: skip
+    add(
+      stats.Claim(
+        "Steering with GrAInS raises the target attribute (lexicon score of generated text)",
+        "stories: lexicon sentiment per 100 words, GrAInS - unsteered",
+        "greater", 0.0, "steering raises the target attribute",
+      ),
+      diff("grains", "unsteered", "sentiment"), note,
+    )  # fmt: skip
+    add(
+      stats.Claim(
+        "GrAInS steers better than CAA",
+        "stories: margin, GrAInS - CAA (each at its validation choice)",
+        "greater", 0.0, "GrAInS > CAA",
+      ),
+      diff("grains", "caa", "margin"), note,
+    )  # fmt: skip
+    add(
+      stats.Claim(
+        "GrAInS's direction matters (beats a random direction of the same norm)",
+        "stories: margin, GrAInS - random direction of equal norm",
+        "greater", 0.0, "(control; not in the paper)",
+      ),
+      diff("grains", "random", "margin"), note,
+    )  # fmt: skip
+    if "iti" in test:
+      add(
+        stats.Claim(
+          "GrAInS steers better than ITI", "stories: margin, GrAInS - ITI", "greater", 0.0,
+          "GrAInS > ITI",
+        ),
+        diff("grains", "iti", "margin"), note,
+      )  # fmt: skip
+    add(
+      stats.Claim(
+        "GrAInS keeps fluency (NLL rises < 0.5 nats per token)",
+        "stories: NLL per generated token (unsteered model), GrAInS - unsteered",
+        "less", 0.5, "small fluency cost",
+      ),
+      diff("grains", "unsteered", "nll"), note,
+    )  # fmt: skip
+    for m in test:
+      for metric in stories.METRICS:
+        head.append(stats.row(f"stories: {metric}, {m} (test)", E(ss[m][metric])))
     summary["stories"] = {
       "model": model_name,
-      "unsteered": st["unsteered"],
-      "sweeps": {k: [{kk: vv for kk, vv in r.items() if kk != "example"} for r in rows]
-                 for k, rows in st["sweeps"].items()},
-    }  # fmt: skip
-    head.append(
-      {
-        "metric": "stories: sentiment (lexicon points per 100 words), unsteered",
-        "value": st["unsteered"]["sentiment"],
-        "paper": "",
-      }
-    )
-    for key, rows in sorted(st["sweeps"].items()):
-      r = max(rows, key=lambda r: r["alpha"] if r["alpha"] <= 0.3 else -1)
-      head.append(
-        {
-          "metric": f"stories: sentiment, {key}, alpha {r['alpha']:g} (NLL {r['nll']:.3g})",
-          "value": r["sentiment"],
-          "paper": "steering raises the target attribute at a small fluency cost",
-        }
-      )
+      "iti": st["iti"],
+      "chosen": st["chosen"],
+      "unsteered_val": st["unsteered_val"],
+      "validation_sweep": st["validation_sweep"],
+      "summary": ss,
+      "examples": {m: r["example"] for m, r in test.items()},
+    }
+  summary["claims"] = claims
   summary["headline"] = head
   summary["figures"] = figures
   summary["setting"] = {
@@ -140,7 +205,8 @@ def run(
       f"stories: {model_name or 'skipped'}"
     ),
     "data": "generated trigger task; stories260K sentiment templates (experiments/grains/stories.py)",
-    "seed": cfg.synthetic.seed,
+    "seed": list(cfg.synthetic.seeds),
+    "selection": "alpha and layer per method chosen on validation items/prompts; numbers on test",
     "config": dataclasses.asdict(cfg),
   }
   return summary

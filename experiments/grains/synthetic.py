@@ -9,8 +9,14 @@ the key says A. That is the "dispreferred answer pushed by particular input toke
 Steering pairs are items with key A and a trigger: (prompt, preferred "A", dispreferred "B").
 Held-out items fall into four groups: trigger + key A (the steering target), clean + key A,
 clean + key B, trigger + key B. We measure how often the model's A/B preference equals the key's
-answer in each group, for the unsteered model, CAA and GrAInS over a sweep of alpha, and whether
-contrastive IG ranks the trigger as the most dispreferred-pushing token (recall@1).
+answer in each group, for the unsteered model, CAA and GrAInS, and whether contrastive IG ranks the
+trigger as the most dispreferred-pushing token (recall@1).
+
+Two disjoint held-out sets of the four groups: on the *validation* set each method's layer and
+alpha > 0 are chosen (the largest mean accuracy over the four groups, the smaller alpha on a tie);
+every reported number is measured on the *test* set at that choice. The whole experiment (model
+training included) is repeated for each seed in ``seeds``; per-item results of every seed are kept
+so that intervals cover seeds and items (``experiments.stats.over_seeds``).
 
 Vectors are compared at equal size: each is scaled to unit norm times the layer's mean residual
 norm, so alpha is in units of the activation norm for both methods.
@@ -27,6 +33,7 @@ import optax
 from tqdm.auto import tqdm
 
 import jaxsteer
+from experiments import stats
 from jaxsteer import grains
 from jaxsteer.models import ModelConfig, init_random
 
@@ -52,7 +59,7 @@ class SyntheticConfig:
   alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
   k: int = 1
   steps: int = 20
-  seed: int = 0
+  seeds: tuple[int, ...] = (0, 1, 2)
 
 
 def make_items(rng, n, key_a: bool | None, trigger: bool | None, p_trigger=0.3):
@@ -78,7 +85,7 @@ def make_items(rng, n, key_a: bool | None, trigger: bool | None, p_trigger=0.3):
   )
 
 
-def train(cfg: SyntheticConfig, progress=True):
+def train(cfg: SyntheticConfig, progress=True, seed: int = 0):
   mc = ModelConfig(
     arch="llama",
     vocab_size=VOCAB,
@@ -93,10 +100,10 @@ def train(cfg: SyntheticConfig, progress=True):
     eos_token_id=2,
     pad_token_id=0,
   )
-  lm = init_random(mc, seed=cfg.seed)
+  lm = init_random(mc, seed=seed)
   opt = optax.adam(cfg.lr)
   state = opt.init(lm.params)
-  rng = np.random.default_rng(cfg.seed)
+  rng = np.random.default_rng(seed)
 
   @jax.jit
   def step(params, state, ids, labels):
@@ -133,56 +140,110 @@ def _scaled(vecs: grains.SteeringVectors, norms):
   return dataclasses.replace(vecs, vectors=(v * np.asarray(norms)[:, None]).astype(np.float32))
 
 
-def run(cfg: SyntheticConfig, progress=True) -> dict:
-  lm, losses = train(cfg, progress)
-  rng = np.random.default_rng(cfg.seed + 1)
+GROUPS = ("trigger_keyA", "clean_keyA", "clean_keyB", "trigger_keyB")
+
+
+def _groups(rng, n):
+  return {
+    "trigger_keyA": make_items(rng, n, True, True),
+    "clean_keyA": make_items(rng, n, True, False),
+    "clean_keyB": make_items(rng, n, False, False),
+    "trigger_keyB": make_items(rng, n, False, True),
+  }
+
+
+def _correct(model, groups) -> dict[str, np.ndarray]:
+  """Per group: 1.0 where the model's A/B preference equals the key's answer."""
+  out = {}
+  for name, (prompts, truth, _, _) in groups.items():
+    m = answer_margin(model, prompts)
+    out[name] = np.where(truth == A, m > 0, m < 0).astype(np.float64)
+  return out
+
+
+def _acc(correct: dict) -> dict:
+  out = {g: float(np.mean(correct[g])) for g in GROUPS}
+  out["mean"] = float(np.mean([out[g] for g in GROUPS]))
+  return out
+
+
+def run_seed(cfg: SyntheticConfig, seed: int, progress=True) -> dict:
+  """One seed: train, attribute, sweep on validation, measure the chosen settings on test."""
+  lm, losses = train(cfg, progress, seed)
+  rng = np.random.default_rng(seed + 1000)
   fit_prompts, _, _, fit_trig_pos = make_items(rng, cfg.n_pairs, key_a=True, trigger=True)
   pairs = [grains.Pair(p.tolist(), [A], [B]) for p in fit_prompts]
 
   # Does contrastive IG find the trigger? (recall@1 of the most negative prompt token on s+)
-  hits = 0
+  hits = []
   n_check = min(20, cfg.n_pairs)
   for p, tpos in zip(pairs[:n_check], fit_trig_pos[:n_check]):
     res = jaxsteer.attribution.contrastive(
       lm, p.prompt, p.preferred, p.dispreferred, steps=cfg.steps
     )
     s = res.scores_pos[1 : len(p.prompt)]  # candidates: prompt without BOS
-    hits += int(1 + int(np.argmin(s)) == tpos)
-  recall = hits / n_check
+    hits.append(float(1 + int(np.argmin(s)) == tpos))
 
-  groups = {
-    "trigger_keyA": make_items(rng, cfg.n_eval, True, True),
-    "clean_keyA": make_items(rng, cfg.n_eval, True, False),
-    "clean_keyB": make_items(rng, cfg.n_eval, False, False),
-    "trigger_keyB": make_items(rng, cfg.n_eval, False, True),
+  val, test = _groups(rng, cfg.n_eval), _groups(rng, cfg.n_eval)
+  out = {
+    "seed": seed,
+    "train_loss_final": float(np.mean(losses[-20:])),
+    "ig_trigger_hits": hits,
+    "unsteered_val": _acc(_correct(lm, val)),
   }
-
-  def accuracy(model):
-    out = {}
-    for name, (prompts, truth, _, _) in groups.items():
-      m = answer_margin(model, prompts)
-      out[name] = float(np.mean(np.where(truth == A, m > 0, m < 0)))
-    out["mean"] = float(np.mean(list(out.values())))
-    return out
-
-  results = {"unsteered": accuracy(lm), "train_loss_final": float(np.mean(losses[-20:]))}
-  results["ig_trigger_recall_at_1"] = recall
-  sweeps = {}
+  base_test = _correct(lm, test)
+  out["test"] = {"unsteered": {g: base_test[g].tolist() for g in GROUPS}}
+  sweep, vectors = [], {}
   for layer in cfg.steer_layers:
     g = grains.fit(lm, pairs, layers=[layer], k=cfg.k, steps=cfg.steps, progress=False)
     c = grains.caa(lm, pairs, layers=[layer])
     norms = g.metadata["residual_norm"]
+    cos = float(
+      g.vectors[0] @ c.vectors[0] / (np.linalg.norm(g.vectors[0]) * np.linalg.norm(c.vectors[0]))
+    )
     for name, vecs in (("grains", _scaled(g, norms)), ("caa", _scaled(c, norms))):
-      cos = float(
-        g.vectors[0] @ c.vectors[0] / (np.linalg.norm(g.vectors[0]) * np.linalg.norm(c.vectors[0]))
-      )
-      rows = []
+      vectors[(name, layer)] = vecs
       for alpha in cfg.alphas:
-        acc = accuracy(jaxsteer.steer(lm, vecs, alpha=alpha))
-        rows.append(dict(alpha=alpha, **acc))
-      sweeps[f"{name}_layer{layer}"] = {"cos_grains_caa": cos, "sweep": rows}
-  results["sweeps"] = sweeps
-  return results
+        acc = _acc(_correct(jaxsteer.steer(lm, vecs, alpha=alpha), val))
+        sweep.append(dict(method=name, layer=layer, alpha=alpha, cos_grains_caa=cos, **acc))
+  out["validation_sweep"] = sweep
+  out["chosen"] = {}
+  for name in ("grains", "caa"):
+    rows = [r for r in sweep if r["method"] == name and r["alpha"] > 0] or [
+      r for r in sweep if r["method"] == name
+    ]
+    best = max(rows, key=lambda r: (r["mean"], -r["alpha"]))
+    out["chosen"][name] = {"layer": best["layer"], "alpha": best["alpha"]}
+    steered = jaxsteer.steer(lm, vectors[(name, best["layer"])], alpha=best["alpha"])
+    out["test"][name] = {g: v.tolist() for g, v in _correct(steered, test).items()}
+  return out
+
+
+def run(cfg: SyntheticConfig, progress=True) -> dict:
+  """Every seed of ``cfg.seeds`` (see ``run_seed``); the summary is built by ``summarize``."""
+  return {"seeds": [run_seed(cfg, s, progress) for s in cfg.seeds]}
+
+
+def _items(seed_result, method, groups=GROUPS):
+  return np.concatenate([np.asarray(seed_result["test"][method][g]) for g in groups])
+
+
+def summarize(results: dict) -> dict:
+  """Test accuracies and paired differences with intervals over seeds and items."""
+  seeds = results["seeds"]
+  est = {}
+  est["ig_recall_at_1"] = stats.over_seeds([s["ig_trigger_hits"] for s in seeds]).as_dict()
+  for method in ("unsteered", "grains", "caa"):
+    for g in (*GROUPS, "mean"):
+      groups = GROUPS if g == "mean" else (g,)
+      est[f"{method}_{g}"] = stats.over_seeds([_items(s, method, groups) for s in seeds]).as_dict()
+  for a, b in (("grains", "unsteered"), ("caa", "unsteered"), ("grains", "caa")):
+    for g in ("trigger_keyA", "clean_keyB", "mean"):
+      groups = GROUPS if g == "mean" else (g,)
+      diffs = [_items(s, a, groups) - _items(s, b, groups) for s in seeds]
+      est[f"{a}_minus_{b}_{g}"] = stats.over_seeds(diffs).as_dict()
+  est["chosen"] = {s["seed"]: s["chosen"] for s in seeds}
+  return est
 
 
 def plot(results: dict, path):
@@ -191,15 +252,16 @@ def plot(results: dict, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  groups = ["trigger_keyA", "clean_keyA", "clean_keyB", "trigger_keyB"]
-  keys = sorted(results["sweeps"])
+  sweep = results["seeds"][0]["validation_sweep"]
+  keys = sorted({(r["method"], r["layer"]) for r in sweep})
   fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.4), sharey=True)
   for ax, key in zip(np.atleast_1d(axes), keys):
-    rows = results["sweeps"][key]["sweep"]
+    rows = [r for r in sweep if (r["method"], r["layer"]) == key]
     al = [r["alpha"] for r in rows]
-    for g in groups:
+    for g in GROUPS:
       ax.plot(al, [r[g] for r in rows], marker="o", label=g)
-    ax.set_title(key, fontsize=9)
+    ax.set_title(f"{key[0]} layer {key[1]} (validation, seed {results['seeds'][0]['seed']})",
+                 fontsize=9)  # fmt: skip
     ax.set_xlabel("alpha (x mean residual norm)")
   np.atleast_1d(axes)[0].set_ylabel("answer = key's answer")
   np.atleast_1d(axes)[0].legend(fontsize=7)
