@@ -29,23 +29,27 @@ import numpy as np
 from tqdm import tqdm
 
 import recoder
+from experiments import stats
 from experiments.recoder.config import Config
+from experiments.report import sanitize
 from recoder._src import evaluate as evaluate_lib
 from recoder._src import train as train_lib
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
-# The real run (2-core CPU shared with other jobs): launched with --epochs 4, stopped at the
-# step-1200 checkpoint and resumed with --epochs 3 (the same command otherwise) to fit the time box;
-# learning rate 20, 20, 5 (x0.25 after epoch 2).
+# The committed run (2-core CPU shared with other jobs; results/ptb_small_summary.json): launched
+# with --epochs 4, stopped at the step-1200 checkpoint, resumed with --epochs 3 and later with
+# --epochs 4 for a fourth epoch (the same command otherwise); learning rate 20, 20, 5, 1.25 (x0.25
+# after epoch 2); batch 20 for training, 10 for evaluation (what the committed JSON files used).
 FULL_RUN_COMMAND = (
   "python -m recoder.train --data $JAXSTEER_DATA/ptb --out runs/ptb_small --emb 200 --hidden 200 "
   "--layers 2 --dropout 0.2 --tied --optimizer sgd --lr 20 --clip 0.25 --bptt 35 --batch-size 20 "
-  "--eval-batch-size 10 --epochs 3 --decay-start 2 --lr-decay 0.25 --ckpt-every 300"
+  "--eval-batch-size 10 --epochs 4 --decay-start 2 --lr-decay 0.25 --ckpt-every 300"
 )
 FULL_EVAL_COMMAND = (
-  "python -m recoder.evaluate --run runs/ptb_small --split test --batch-size 20 "
-  "--out experiments/recoder/results/ptb_small_test.json --variants <see results JSON>"
+  "python -m recoder.evaluate --run runs/ptb_small --split test --batch-size 10 "
+  "--out experiments/recoder/results/ptb_small_test.json --variants none surprisal:0.1 "
+  "ptok_ppl:1 entropy:0.03"
 )
 
 GARDEN_PATHS = (
@@ -147,15 +151,14 @@ def _gp_variants(names=None):
   return {k: v[k] for k in names} if names is not None else v
 
 
-def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path, cfg: Config) -> dict:
-  ptb = data_dir / "ptb"
+def _train_runs(out_dir, ptb, cfg: Config, seed: int) -> dict:
   h = str(cfg.hidden)
   common = [
     "--data", str(ptb), "--emb", h, "--hidden", h, "--layers", "2", "--dropout", "0.1",
     "--optimizer", "adam", "--lr", "0.003", "--clip", "1.0", "--bptt", "20", "--batch-size", "32",
     "--eval-batch-size", "10", "--epochs", "1", "--max-train-tokens", str(cfg.max_train_tokens),
     "--max-eval-tokens", str(cfg.max_eval_tokens), "--ckpt-every", "100000", "--no-progress",
-    "--seed", str(cfg.seed),
+    "--seed", str(seed),
   ]  # fmt: skip
   runs = {
     "baseline": ["--tied"],
@@ -165,44 +168,234 @@ def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path, cfg: Config) -> dict:
   unknown = sorted(set(cfg.runs) - set(runs))
   if unknown:
     raise ValueError(f"unknown recoder-study runs {unknown}; known: {sorted(runs)}")
-  summary = {"mode": "quick", "train": {}, "eval": {}}
-  corpus = recoder.load_corpus(ptb)
-  test_ids = corpus.test[: cfg.test_tokens]
-  for name in tqdm([r for r in runs if r in cfg.runs], desc="recoder runs"):
-    extra = runs[name]
-    run_dir = out_dir / name
+  out = {}
+  for name in [r for r in runs if r in cfg.runs]:
+    run_dir = out_dir / f"seed{seed}" / name
     t0 = time.perf_counter()
     s = train_lib.train(
-      train_lib.build_parser().parse_args([*common, "--out", str(run_dir), *extra])
+      train_lib.build_parser().parse_args([*common, "--out", str(run_dir), *runs[name]])
     )
-    summary["train"][name] = {
+    out[name] = {
       "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"], "wall_s": time.perf_counter() - t0,
+      "run_dir": run_dir,
     }  # fmt: skip
-    tcfg, model, trained_rc, params = evaluate_lib.load_run(run_dir)
-    variants = cfg.variants if name == "baseline" else ("none", "trained")
-    if name == "ensemble_k3":
-      variants = ("none", "ensemble_entropy:0.5", "ensemble_entropy:2")
-    summary["eval"][name] = evaluate_lib.evaluate_variants(
-      model, params, test_ids, variants, batch_size=10, bptt=20, trained=trained_rc,
-      trained_step=tcfg["train"]["step_size"], progress=False,
+  return out
+
+
+def _variant(signal, step, opts):
+  return f"{signal}:{step:g}" + (f":{opts}" if opts else "")
+
+
+def _select(model, params, valid_ids, sweeps, cfg, trained=None, trained_step=0.0):
+  """Per signal: the step size with the lowest validation perplexity (batch ``eval_batch``)."""
+  chosen, table = {}, {}
+  for signal, steps, opts in sweeps:
+    specs = [_variant(signal, st, opts) for st in steps]
+    res = evaluate_lib.evaluate_variants(
+      model, params, valid_ids, specs, batch_size=cfg.eval_batch, bptt=20, trained=trained,
+      trained_step=trained_step, progress=False,
     )  # fmt: skip
-    if name == "surprisal_learned":
-      summary["eval"][name]["learned_step_sizes"] = {
+    table.update({k: v["ppl"] for k, v in res.items() if "ppl" in v})
+    ok = [k for k in specs if "ppl" in res[k] and math.isfinite(res[k]["ppl"])]
+    if ok:
+      chosen[signal] = min(ok, key=lambda k: res[k]["ppl"])
+  return chosen, table
+
+
+def _units(r):
+  return np.c_[r["unit_nll"], r["unit_tokens"]]
+
+
+def _ppl(rows):
+  return float(np.exp(rows[:, 0].sum() / rows[:, 1].sum()))
+
+
+def _ppl_diff(rows):  # columns: nll of a, nll of b, tokens
+  return float(
+    np.exp(rows[:, 0].sum() / rows[:, 2].sum()) - np.exp(rows[:, 1].sum() / rows[:, 2].sum())
+  )
+
+
+def _timing(test_ids, vocab_size, cfg: Config) -> dict:
+  """Per-token cost of surprisal recoding vs both baselines at each batch size (2x``timing_hidden``
+  LSTM, random weights: the cost does not depend on the weights)."""
+  lm_cfg = recoder.LMConfig(
+    vocab_size=vocab_size, embed_dim=cfg.timing_hidden, hidden_dim=cfg.timing_hidden,
+    num_layers=2, dropout=0.0, tie_weights=True,
+  )  # fmt: skip
+  model = recoder.LSTMLM(lm_cfg)
+  params = {"lm": recoder.init_params(model, jax.random.key(0)), "step": {}}
+  out = {}
+  variants = ("none", evaluate_lib.IN_SCAN, cfg.timing_variant)
+  for batch in cfg.timing_batches:
+    n = batch * 35 * cfg.timing_windows.get(batch, 2) + 1
+    load0 = os.getloadavg()[0]
+    t = evaluate_lib.time_variants(
+      model, params, test_ids[:n], variants, batch_size=batch, bptt=35, repeats=cfg.timing_repeats
+    )
+    out[str(batch)] = {
+      "us_per_token": t,
+      "tokens": n - 1,
+      "load_avg_1min": [load0, os.getloadavg()[0]],
+    }
+  return out
+
+
+def _quick(out_dir: pathlib.Path, data_dir: pathlib.Path, cfg: Config) -> dict:
+  ptb = data_dir / "ptb"
+  corpus = recoder.load_corpus(ptb)
+  test_ids = corpus.test[: cfg.test_tokens]
+  valid_ids = corpus.valid[: cfg.max_eval_tokens]
+  summary = {"mode": "quick", "seeds": {}}
+  for seed in tqdm(cfg.seeds, desc="recoder seeds"):
+    trained = _train_runs(out_dir, ptb, cfg, seed)
+    rec = {
+      "train": {k: {kk: vv for kk, vv in v.items() if kk != "run_dir"} for k, v in trained.items()}
+    }
+    if "baseline" in trained:
+      tcfg, model, trained_rc, params = evaluate_lib.load_run(trained["baseline"]["run_dir"])
+      chosen, table = _select(model, params, valid_ids, cfg.sweeps, cfg)
+      rec["validation_ppl"] = table
+      rec["chosen"] = chosen
+      specs = ["none", *chosen.values()]
+      rec["test"] = evaluate_lib.evaluate_variants(
+        model, params, test_ids, specs, batch_size=cfg.eval_batch, bptt=20, progress=False,
+        keep_units=True,
+      )  # fmt: skip
+      rec["test_other_batches"] = {}
+      for b in cfg.reference_batches:
+        ref = ["none"] + ([chosen["surprisal"]] if "surprisal" in chosen else [])
+        rec["test_other_batches"][str(b)] = evaluate_lib.evaluate_variants(
+          model, params, test_ids, ref, batch_size=b, bptt=20, progress=False, keep_units=True
+        )
+      if seed == cfg.seeds[0] and cfg.garden_path_variants:
+        summary["garden_path"] = plot_garden_paths(
+          model, params, corpus.vocab, _gp_variants(cfg.garden_path_variants),
+          out_dir / "garden_path_quick.png",
+        )  # fmt: skip
+    if "ensemble_k3" in trained:
+      tcfg, model, trained_rc, params = evaluate_lib.load_run(trained["ensemble_k3"]["run_dir"])
+      ch, table = _select(model, params, valid_ids, (("ensemble_entropy", (0.5, 2.0), ""),), cfg)
+      rec["ensemble_chosen"], rec["ensemble_validation_ppl"] = ch, table
+      rec["ensemble_test"] = evaluate_lib.evaluate_variants(
+        model, params, test_ids, ["none", *ch.values()], batch_size=cfg.eval_batch, bptt=20,
+        progress=False, keep_units=True,
+      )  # fmt: skip
+    if "surprisal_learned" in trained:
+      tcfg, model, trained_rc, params = evaluate_lib.load_run(
+        trained["surprisal_learned"]["run_dir"]
+      )
+      rec["learned_test"] = evaluate_lib.evaluate_variants(
+        model, params, test_ids, ["none", "trained"], batch_size=cfg.eval_batch, bptt=20,
+        trained=trained_rc, trained_step=tcfg["train"]["step_size"], progress=False,
+        keep_units=True,
+      )  # fmt: skip
+      rec["learned_step_sizes"] = {
         k: np.asarray(jax.nn.softplus(v)).tolist() for k, v in params["step"].items()
       }
-    if name == "baseline" and cfg.garden_path_variants:
-      summary["garden_path"] = plot_garden_paths(
-        model,
-        params,
-        corpus.vocab,
-        _gp_variants(cfg.garden_path_variants),
-        out_dir / "garden_path_quick.png",
-      )
-  for runs_eval in summary["eval"].values():
-    for v in runs_eval.values():
-      if isinstance(v, dict):
+    for key in ("test", "ensemble_test", "learned_test"):
+      for v in rec.get(key, {}).values():
         v.pop("config", None)
+    for v in rec.get("test_other_batches", {}).values():
+      for r in v.values():
+        r.pop("config", None)
+    summary["seeds"][str(seed)] = rec
+  if cfg.timing_batches:
+    summary["timing"] = _timing(corpus.test, corpus.vocab.size, cfg)
   return summary
+
+
+def claims_and_headline(summary: dict, cfg: Config) -> tuple[list, list]:
+  """Claims with verdicts and headline rows (intervals over seeds and test windows)."""
+  seeds = list(summary["seeds"].values())
+  claims, head = [], []
+  note = f"{len(seeds)} seeds x (window, stream) units; step sizes chosen on validation"
+
+  def add(c, est, extra=""):
+    claims.append(stats.claim(c, est, extra or note))
+    head.append(stats.row(c.metric, est, c.paper))
+
+  if seeds and "test" in seeds[0]:
+    head.append(stats.row(
+      f"test perplexity, no recoding (batch {cfg.eval_batch})",
+      stats.over_seeds([_units(s["test"]["none"]) for s in seeds], statistic=_ppl),
+    ))  # fmt: skip
+    signals = sorted(set.intersection(*(set(s["chosen"]) for s in seeds)))
+    for signal in signals:
+      d = stats.over_seeds(
+        [np.c_[s["test"][s["chosen"][signal]]["unit_nll"], s["test"]["none"]["unit_nll"],
+               s["test"]["none"]["unit_tokens"]] for s in seeds],
+        statistic=_ppl_diff,
+      )  # fmt: skip
+      steps = ", ".join(s["chosen"][signal].split(":")[1] for s in seeds)
+      add(
+        stats.Claim(
+          f"Recoding with {signal} lowers perplexity",
+          f"test perplexity, {signal} recoding (step {steps} per seed) - none",
+          "less", 0.0, "lower perplexity (small gains that depend on the signal)",
+        ),
+        d,
+      )  # fmt: skip
+      head.append(stats.row(
+        f"test perplexity, {signal} recoding",
+        stats.over_seeds([_units(s["test"][s["chosen"][signal]]) for s in seeds], statistic=_ppl),
+      ))  # fmt: skip
+    for b in cfg.reference_batches:
+      head.append(stats.row(
+        f"test perplexity, no recoding, batch {b} (reference)",
+        stats.over_seeds([_units(s["test_other_batches"][str(b)]["none"]) for s in seeds],
+                         statistic=_ppl),
+      ))  # fmt: skip
+  if seeds and "ensemble_test" in seeds[0] and all(s["ensemble_chosen"] for s in seeds):
+    d = stats.over_seeds(
+      [np.c_[s["ensemble_test"][s["ensemble_chosen"]["ensemble_entropy"]]["unit_nll"],
+             s["ensemble_test"]["none"]["unit_nll"], s["ensemble_test"]["none"]["unit_tokens"]]
+       for s in seeds],
+      statistic=_ppl_diff,
+    )  # fmt: skip
+    add(
+      stats.Claim(
+        "Recoding with anchored-ensemble uncertainty lowers perplexity",
+        "test perplexity, ensemble_entropy recoding - none (3-member ensemble)",
+        "less", 0.0, "lower perplexity",
+      ),
+      d,
+    )  # fmt: skip
+  if seeds and "learned_test" in seeds[0]:
+    d = stats.over_seeds(
+      [np.c_[s["learned_test"]["trained"]["unit_nll"], s["learned_test"]["none"]["unit_nll"],
+             s["learned_test"]["none"]["unit_tokens"]] for s in seeds],
+      statistic=_ppl_diff,
+    )  # fmt: skip
+    head.append(
+      stats.row("test perplexity, learned-step surprisal recoding - none (same model)", d)
+    )
+  for batch, t in summary.get("timing", {}).items():
+    us = {k: np.asarray(v) for k, v in t["us_per_token"].items()}
+    var = cfg.timing_variant
+    for base, label in (
+      ("none", "decode after the scan"),
+      (evaluate_lib.IN_SCAN, "decode in the scan"),
+    ):
+      ratio = us[var] / us[base]
+      est = (
+        stats.bootstrap(ratio, statistic=np.median, method="percentile")
+        if len(ratio) > 1
+        else stats.exact(float(ratio[0]))
+      )
+      metric = f"cost per token, {var} / no recoding ({label}), batch {batch}"
+      if int(batch) == 64:
+        add(
+          stats.Claim(
+            f"Surprisal recoding costs at most 2x the plain LSTM per token at batch 64 ({label})",
+            metric, "less", 2.0, "(engineering target of this project, not the paper's)",
+          ),
+          est,
+          f"median over {len(ratio)} interleaved timings; load average {t['load_avg_1min']}",
+        )  # fmt: skip
+      else:
+        head.append(stats.row(metric, est))
+  return claims, head
 
 
 def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
@@ -229,7 +422,14 @@ def _full(out_dir: pathlib.Path, data_dir: pathlib.Path) -> dict:
 def _variant_ppl(summary: dict) -> dict[str, float]:
   """Test perplexity per recoding variant of the baseline model ({} if not evaluated)."""
   if summary["mode"] == "quick":
-    ev = summary["eval"].get("baseline", {})
+    seeds = [x for x in summary["seeds"].values() if "test" in x]
+    if not seeds:
+      return {}
+    out = {"none": float(np.mean([x["test"]["none"]["ppl"] for x in seeds]))}
+    for signal in seeds[0]["chosen"]:
+      if all(signal in x["chosen"] for x in seeds):
+        out[signal] = float(np.mean([x["test"][x["chosen"][signal]]["ppl"] for x in seeds]))
+    return out
   else:
     ev = summary.get("ptb_small_test", {}).get("variants", summary.get("ptb_small_test", {}))
   return {k: v["ppl"] for k, v in ev.items() if isinstance(v, dict) and "ppl" in v}
@@ -257,26 +457,24 @@ def plot_variants(ppl: dict[str, float], path: pathlib.Path) -> None:
   os.replace(tmp, path)
 
 
-def headline(summary: dict) -> list[dict]:
-  """The study's headline numbers (for the reproduction report), from its summary."""
+NO_CI = (
+  "none: the committed 2x200 run stored no per-window NLLs and its checkpoint is not in the "
+  "repository; rerun `python -m recoder.evaluate --batch-size 64` on the checkpoint for intervals"
+)
+
+
+def headline_full(summary: dict) -> list[dict]:
+  """Full mode's rows (the committed 2x200 run): values without intervals, said so per row."""
   ppl = _variant_ppl(summary)
   rows = []
-  base = ppl.get("none", ppl.get("baseline"))
-  if base is not None:
-    rows.append({"metric": "test perplexity, no recoding", "value": base, "paper": ""})
   for name, v in ppl.items():
-    if name in ("none", "baseline"):
-      continue
-    claim = "lower perplexity" if name.startswith(("surprisal", "ptok")) else ""
-    rows.append({"metric": f"test perplexity, recoding {name}", "value": v, "paper": claim})
-  if summary["mode"] == "full" and "ptb_small_summary" in summary:
-    rows.append(
-      {
-        "metric": "2x200 LSTM valid perplexity (committed run)",
-        "value": summary["ptb_small_summary"].get("valid_ppl"),
-        "paper": "Zaremba small: 120.7 valid",
-      }
-    )
+    label = "no recoding" if name in ("none", "baseline") else f"recoding {name}"
+    rows.append({"metric": f"2x200 test perplexity, {label} (batch 10)", "value": v, "ci": None,
+                 "ci_method": NO_CI, "paper": ""})  # fmt: skip
+  if "ptb_small_summary" in summary:
+    rows.append({"metric": "2x200 LSTM valid perplexity (committed run)",
+                 "value": summary["ptb_small_summary"].get("valid_ppl"), "ci": None,
+                 "ci_method": NO_CI, "paper": "Zaremba small: 120.7 valid"})  # fmt: skip
   return rows
 
 
@@ -299,7 +497,10 @@ def run(
     plot_variants(ppl, out_dir / "variants.png")
     figures.append("variants.png")
   summary["figures"] = figures
-  summary["headline"] = headline(summary)
+  if cfg.mode == "quick":
+    summary["claims"], summary["headline"] = claims_and_headline(summary, cfg)
+  else:
+    summary["claims"], summary["headline"] = [], headline_full(summary)
   summary["setting"] = {
     "model": (
       f"2-layer LSTM LM, width {cfg.hidden}, trained here (Adam)"
@@ -312,9 +513,12 @@ def run(
       if cfg.mode == "quick"
       else ""
     ),
-    "seed": cfg.seed,
+    "seed": list(cfg.seeds),
+    "selection": "step size per signal chosen on the first "
+    f"{cfg.max_eval_tokens} validation tokens; perplexity on test tokens",
     "config": dataclasses.asdict(cfg),
   }
+  summary = sanitize(summary)
   _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
   return summary
 
