@@ -15,7 +15,8 @@ gets the degenerate interval [v, v]; that is reported, not hidden.
 ``verdict`` maps an interval and the claimed direction to supported / contradicted / inconclusive:
 
   supported     the whole interval is on the claimed side of the threshold;
-  contradicted  the whole interval is on the other side (or on the threshold, for a strict claim);
+  contradicted  the whole interval is strictly on the other side, or it is the single point of the
+                threshold itself (no effect in any resample, against a claim of an effect);
   inconclusive  the interval straddles the threshold (not resolved at this scale).
 
   from experiments import stats
@@ -230,10 +231,15 @@ def verdict(est: Estimate | dict, direction: str, threshold: float = 0.0) -> str
   lo, hi = (est.lo, est.hi) if isinstance(est, Estimate) else est["ci"]
   if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
     raise ValueError(f"invalid interval [{lo}, {hi}]")
+  point = lo == hi == threshold
   if direction == "greater":
-    return "supported" if lo > threshold else "contradicted" if hi <= threshold else "inconclusive"
+    if lo > threshold:
+      return "supported"
+    return "contradicted" if hi < threshold or point else "inconclusive"
   if direction == "less":
-    return "supported" if hi < threshold else "contradicted" if lo >= threshold else "inconclusive"
+    if hi < threshold:
+      return "supported"
+    return "contradicted" if lo > threshold or point else "inconclusive"
   if direction == "within":
     if threshold < 0:
       raise ValueError("an equivalence margin must be >= 0")

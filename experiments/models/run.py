@@ -17,6 +17,9 @@ import os
 import pathlib
 import time
 
+import numpy as np
+
+from experiments import stats
 from experiments.models.config import Config
 
 
@@ -42,6 +45,11 @@ def run(
   t0 = time.perf_counter()
   text = lm.generate(cfg.prompt, max_new_tokens=cfg.max_new_tokens)
   gen_s = time.perf_counter() - t0
+  warm = []
+  for _ in range(3):
+    t0 = time.perf_counter()
+    lm.generate(cfg.prompt, max_new_tokens=cfg.max_new_tokens)
+    warm.append(time.perf_counter() - t0)
   n_params = sum(int(x.size) for x in __import__("jax").tree.leaves(lm.params))
   out = {
     "model": model,
@@ -49,20 +57,22 @@ def run(
     "generated": text,
     "parameters": n_params,
     "load_seconds": load_s,
-    "generate_seconds": gen_s,
+    "generate_seconds_first_call": gen_s,
+    "generate_seconds_warm": warm,
+    "load_average": list(os.getloadavg()),
     "figures": [],
     "headline": [
-      {"metric": "parameters", "value": n_params, "paper": ""},
-      {
-        "metric": f"seconds to generate {cfg.max_new_tokens} greedy tokens (incl. compile)",
-        "value": gen_s,
-        "paper": "",
-      },
+      stats.row("parameters", stats.exact(n_params)),
+      stats.row(
+        f"seconds to generate {cfg.max_new_tokens} greedy tokens (warm; 3 repeats)",
+        stats.bootstrap(warm, statistic=np.median, method="percentile"),
+      ),
     ],
     "setting": {
       "model": model,
       "data": f"prompt {cfg.prompt!r}",
       "seed": "greedy decoding (deterministic)",
+      "selection": "nothing is tuned (a load-and-generate check)",
       "config": dataclasses.asdict(cfg),
     },
   }

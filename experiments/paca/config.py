@@ -2,11 +2,13 @@
 
 Command::
 
-  python -m experiments.reproduce --quick --only paca        # about 1-2 minutes on 2 CPU cores
+  python -m experiments.reproduce --quick --only paca        # about 2-4 minutes on 2 CPU cores
   python -m experiments.paca.run --out runs/paca             # full, about 15 minutes
 
-Expected headline (quick, 40 fine-tuning steps from base eval loss 3.126): LoRA r=4 3.064,
-PaCA r=8 3.093, int8 PaCA r=8 3.093, full 2.943; PaCA r=8's step time about 0.7-0.8x LoRA r=4's.
+Expected headline: the verdicts in ``experiments/results/quick/REPORT.md`` (quick: 60 pre-training
+and 40 fine-tuning steps, 2 fine-tuning seeds, 32 held-out sequences; full: 600/300 steps, 3
+seeds). Earlier single-seed quick run: eval loss LoRA r=4 3.064, PaCA r=8 3.093, full 2.943 from
+base 3.126; PaCA r=8's step time about 0.7-0.8x LoRA r=4's.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class Config:
     seq: bytes per sequence.
     eval_batches: held-out batches for the eval loss.
     methods: subset of ``METHODS``.
-    seed: data and initialisation seed.
+    seed: pre-training seed (the base model).
+    seeds: fine-tuning seeds (data order, adapter initialisation, PaCA's random rows).
   """
 
   pretrain_steps: int = 600
@@ -39,14 +42,17 @@ class Config:
   eval_batches: int = 4
   methods: tuple[str, ...] = METHODS
   seed: int = 0
+  seeds: tuple[int, ...] = (0, 1, 2)
 
   @classmethod
   def smoke(cls) -> Config:
-    return cls(pretrain_steps=2, finetune_steps=2, k=2, eval_batches=1, methods=("lora", "paca"))
+    return cls(
+      pretrain_steps=2, finetune_steps=4, k=2, eval_batches=1, methods=("lora", "paca"), seeds=(0,)
+    )
 
   @classmethod
   def quick(cls) -> Config:
-    return cls(pretrain_steps=60, finetune_steps=40, k=4)
+    return cls(pretrain_steps=60, finetune_steps=40, k=4, seeds=(0, 1))
 
   @classmethod
   def full(cls) -> Config:

@@ -38,6 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 import ntk
+from experiments import stats
 from experiments.sgntk.config import Config
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
@@ -179,6 +180,7 @@ def kernel_study(cfg: Config, sg: bool, out_dir: pathlib.Path, plt) -> dict:
             )
       for name in errs:
         mse[name].append(float(np.mean(errs[name])))
+        mse.setdefault(f"samples_{name}", []).append(errs[name])
     summary["mse"][f"m={m:g}"] = mse
     for name, ls in (("t0", "-o"), ("tT", "--s")):
       axes[1, col].loglog(
@@ -274,6 +276,10 @@ def gp_study(cfg: Config, out_dir: pathlib.Path, plt) -> dict:
       "mean_ensemble_sd": float(ens_sd.mean()),
       "median_abs_z": float(np.median(np.abs(ens_mean - mu_t) / np.maximum(se, 1e-12))),
       "frac_ensemble_within_2sd": float(np.mean(np.abs(out - mu_t) <= 2 * sd_t)),
+      # per network outputs and both GP means: intervals over networks (run.claims_and_headline)
+      "ensemble_outputs": np.asarray(out).tolist(),
+      "sgntk_gp_mean": np.asarray(mu_t).tolist(),
+      "nngp_mean": np.asarray(nngp_mean).tolist(),
     }
     axes[1].plot(a_test, ens_mean, color=color, lw=1.2, label=f"SGL ensemble mean, n={w}")
     if w == cfg.gp_widths[-1]:
@@ -340,6 +346,8 @@ def digits_study(cfg: Config, out_dir: pathlib.Path, plt) -> dict:
     "acc_sgl_ensemble_mean": acc(out.mean(0)),
     "acc_sgntk_gp_mean_t": acc(mu_t),
     "acc_sgntk_gp_mean_inf": acc(mu_inf),
+    "correct_sgntk_gp_mean_inf": (np.argmax(mu_inf, -1) == lte).astype(float).tolist(),
+    "correct_sgl_ensemble_mean": (np.argmax(out.mean(0), -1) == lte).astype(float).tolist(),
     "acc_nngp_regression": acc(np.asarray(nngp)),
     "rmse_ensemble_vs_sgntk_mean_t": float(np.sqrt(np.mean((out.mean(0) - mu_t) ** 2))),
     "sgntk_min_eig_real": float(np.min(np.linalg.eigvals(kxx).real)),
@@ -414,75 +422,99 @@ def run(
     summary[name] = fn()
     summary[name]["seconds"] = time.perf_counter() - t0
     _write_json(out_dir / "summary.json", summary)
-  summary["headline"] = headline(summary)
+  summary["claims"], summary["headline"] = claims_and_headline(summary)
   summary["figures"] = [summary[name]["figure"] for name, _ in studies]
   summary["setting"] = {
     "model": "2 -> n -> n -> 1 erf_m / sign networks, sigma_w 1, sigma_b 0.1, NTK parametrisation",
     "data": "unit circle (15 train, 100 test points); scikit-learn digits",
     "seed": "jax PRNGKey 10 (kernel, GP ensembles), 0 (digits); numpy seeds 2, 3 (circle data)",
+    "selection": "nothing is tuned: widths, m, learning rates and steps are the paper's or fixed "
+    "a priori; test points are disjoint from training points",
     "config": dataclasses.asdict(cfg),
   }
   _write_json(out_dir / "summary.json", summary)
   return summary
 
 
-def headline(summary: dict) -> list[dict]:
-  """The study's headline numbers (for the reproduction report), from its summary."""
+def claims_and_headline(summary: dict) -> tuple[list, list]:
+  """Claims with verdicts; rows with intervals (exact for analytic kernels; bootstrap over
+  random networks for empirical kernels and ensembles; over test digits for accuracies)."""
   fig1, fig2, fig3, dig = (
     summary[k] for k in ("fig1_naive_ntk", "fig2_sg_ntk", "fig3_sgl_vs_gp", "digits")
   )
-  m_first = f"m={summary['config']['naive_ms'][0]:g}"
-  # The largest m whose naive-NTK diagonal is finite (float32 overflows at m = 1e4).
-  m_last = [
-    f"m={m:g}"
-    for m in summary["config"]["naive_ms"]
-    if np.isfinite(fig1["m_limit"][f"m={m:g}"]["diag"])
-  ][-1]
+  claims, head = [], []
+
+  def add(c, est, note=""):
+    claims.append(stats.claim(c, est, note))
+    head.append(stats.row(c.metric, est, c.paper))
+
+  ms = summary["config"]["naive_ms"]
+  m_first, m_last = f"m={ms[0]:g}", f"m={ms[-1]:g}"
+  add(
+    stats.Claim(
+      "The NTK of erf_m diverges as m grows (the NTK of sign is ill-defined)",
+      f"naive NTK Theta_erf_m(x, x): {m_last} / {m_first} (analytic)", "greater", 10.0,
+      "diverges as m -> inf (Fig. 1)",
+    ),
+    stats.exact(fig1["m_limit"][m_last]["diag"] / fig1["m_limit"][m_first]["diag"]),
+    "analytic kernels: no sampling",
+  )  # fmt: skip
+  m2 = fig2["m_limit"]
+  mk = [k for k in m2 if k != "sign"][-1]
+  add(
+    stats.Claim(
+      "The SG-NTK is well defined: I_erf_m -> I_sign as m grows",
+      f"analytic |I_erf_m(x, x) - I_sign(x, x)| at {mk}", "less", 0.01,
+      "I_erf_m -> I_sign as m -> inf (Fig. 2)",
+    ),
+    stats.exact(abs(m2[mk]["diag"] - m2["sign"]["diag"])),
+    "analytic kernels: no sampling",
+  )  # fmt: skip
+  widths = np.log(np.asarray(summary["config"]["kernel_widths"], float))
   m_fit = next(iter(fig2["mse"]))
+  samples = fig2["mse"][m_fit].get("samples_t0")
+  if samples and len(widths) > 1 and min(len(x) for x in samples) > 1:
+    rng = np.random.default_rng(0)
+    arr = [np.asarray(x) for x in samples]
+    slope = lambda ys: float(np.polyfit(widths, np.log([y.mean() for y in ys]), 1)[0])  # noqa: E731
+    boot = [slope([y[rng.integers(0, len(y), len(y))] for y in arr]) for _ in range(2000)]
+    est = stats.Estimate(slope(arr), *np.quantile(boot, [0.025, 0.975]), sum(map(len, arr)),
+                         "percentile")  # fmt: skip
+    add(
+      stats.Claim(
+        "The empirical SG-NTK converges to the analytic one with width",
+        f"empirical SG-NTK vs analytic: log-log MSE slope in width ({m_fit}, t=0)", "less", 0.0,
+        "MSE -> 0 as width grows (Fig. 2)",
+      ),
+      est, "bootstrap over random networks within each width",
+    )  # fmt: skip
   w_last = list(fig3["widths"])[-1]
-  rows = [
-    {
-      "metric": f"empirical SG-NTK vs analytic: log-log MSE slope in width ({m_fit}, t=0)",
-      "value": fig2["mse"][m_fit]["slope_t0"],
-      "paper": "MSE -> 0 as width grows (Fig. 2)",
-    },
-    {
-      "metric": f"analytic I_erf_m(x, x) at {m_last}",
-      "value": fig2["m_limit"][m_last]["diag"],
-      "paper": "I_erf_m -> I_sign as m -> inf (Fig. 2)",
-    },
-    {
-      "metric": "analytic I_sign(x, x)",
-      "value": fig2["m_limit"]["sign"]["diag"],
-      "paper": "well defined for the sign function",
-    },
-    {
-      "metric": f"naive NTK Theta_erf_m(x, x): {m_last} / {m_first}",
-      "value": fig1["m_limit"][m_last]["diag"] / fig1["m_limit"][m_first]["diag"],
-      "paper": "diverges as m -> inf (Fig. 1)",
-    },
-    {
-      "metric": f"RMSE of SGL ensemble mean (n={w_last}) to the SG-NTK GP mean",
-      "value": fig3["widths"][w_last]["rmse_ensemble_vs_sgntk_mean"],
-      "paper": "SGL networks agree with the SG-NTK GP (Fig. 3)",
-    },
-    {
-      "metric": f"RMSE of SGL ensemble mean (n={w_last}) to the NNGP (Sigma_sign) mean",
-      "value": fig3["widths"][w_last]["rmse_ensemble_vs_nngp_mean"],
-      "paper": "larger than to the SG-NTK GP mean",
-    },
-    {
-      "metric": "digits accuracy: SG-NTK GP mean at t = inf",
-      "value": dig["acc_sgntk_gp_mean_inf"],
-      "paper": "not in the paper",
-    },
-    {
-      "metric": "digits accuracy: SGL ensemble mean",
-      "value": dig["acc_sgl_ensemble_mean"],
-      "paper": "not in the paper",
-    },
-  ]
-  return rows
+  fw = fig3["widths"][w_last]
+  if "ensemble_outputs" in fw:
+    out = np.asarray(fw["ensemble_outputs"])
+    mu, nn = np.asarray(fw["sgntk_gp_mean"]), np.asarray(fw["nngp_mean"])
+    rmse = lambda e, ref: float(np.sqrt(np.mean((e.mean(0) - ref) ** 2)))  # noqa: E731
+    add(
+      stats.Claim(
+        "Sign networks trained with surrogate gradients follow the SG-NTK GP (closer to its mean "
+        "than to the NNGP's)",
+        f"RMSE of SGL ensemble mean (n={w_last}) to SG-NTK GP mean - to NNGP mean", "less", 0.0,
+        "SGL networks agree with the SG-NTK GP (Fig. 3)",
+      ),
+      stats.bootstrap(out, statistic=lambda e: rmse(e, mu) - rmse(e, nn), method="percentile"),
+      f"bootstrap over the {len(out)} trained networks",
+    )  # fmt: skip
+    head.append(stats.row(
+      f"RMSE of SGL ensemble mean (n={w_last}) to the SG-NTK GP mean",
+      stats.bootstrap(out, statistic=lambda e: rmse(e, mu), method="percentile"),
+    ))  # fmt: skip
+  head.append(stats.row("analytic I_sign(x, x)", stats.exact(m2["sign"]["diag"])))
+  for key, label in (("sgntk_gp_mean_inf", "SG-NTK GP mean at t = inf"),
+                     ("sgl_ensemble_mean", "SGL ensemble mean")):  # fmt: skip
+    if f"correct_{key}" in dig:
+      head.append(stats.row(f"digits accuracy: {label}", stats.bootstrap(dig[f"correct_{key}"]),
+                            "not in the paper"))  # fmt: skip
+  return claims, head
 
 
 def main(argv=None) -> dict:

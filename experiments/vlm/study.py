@@ -212,13 +212,18 @@ def answer_scores(lm, items) -> np.ndarray:
   return (tok * resp[:, 1:]).sum(-1).reshape(len(items), len(NAMES))
 
 
-def hallucination_rate(lm, items, batch: int = 24) -> float:
+def hallucinated(lm, items, batch: int = 24) -> np.ndarray:
+  """Per item: 1.0 where the model's colour answer is wrong."""
   wrong = []
   for b in range(0, len(items), batch):
     chunk = items[b : b + batch]
     pred = np.asarray(NAMES)[answer_scores(lm, chunk).argmax(-1)]
-    wrong += [p != it["color"] for p, it in zip(pred, chunk)]
-  return float(np.mean(wrong))
+    wrong += [float(p != it["color"]) for p, it in zip(pred, chunk)]
+  return np.asarray(wrong)
+
+
+def hallucination_rate(lm, items, batch: int = 24) -> float:
+  return float(np.mean(hallucinated(lm, items, batch)))
 
 
 def _scaled(vecs: grains.SteeringVectors, norms):
@@ -230,15 +235,25 @@ def _scaled(vecs: grains.SteeringVectors, norms):
 # The study
 
 
-def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> dict:
+def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True, seed=None) -> dict:
+  """One seed (default ``cfg.seed``): train, attribute, choose alpha on validation items, test.
+
+  Validation and test items are disjoint draws (``n_eval`` each for test, half as many for
+  validation); every per-item outcome on test is kept for intervals (``experiments/vlm/run.py``).
+  """
+  seed = cfg.seed if seed is None else seed
+  cfg = dataclasses.replace(cfg, seed=seed)
   t0 = time.perf_counter()
   lm = build_model(cfg, pathlib.Path(data_dir))
   lm, losses = train(lm, cfg, progress)
   t_train = time.perf_counter() - t0
   rng = np.random.default_rng(cfg.seed + 1)
+  n_val = max(2, cfg.n_eval // 2)
   target = make_items(rng, cfg.n_eval, cfg.image_size, trigger=True, exclude_blue=True)
   clean = make_items(rng, cfg.n_eval, cfg.image_size, trigger=False)
   fit_items = make_items(rng, cfg.n_pairs, cfg.image_size, trigger=True, exclude_blue=True)
+  target_val = make_items(rng, n_val, cfg.image_size, trigger=True, exclude_blue=True)
+  clean_val = make_items(rng, n_val, cfg.image_size, trigger=False)
 
   def pair(it):
     img = Image.fromarray(it["image"])
@@ -247,7 +262,7 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> d
   pairs = [pair(it) for it in fit_items]
 
   # Attribution: are the most positive image tokens on the box? Is the trigger the most negative?
-  on_box, chance, trig_hits, deltas, example = [], [], 0, [], None
+  on_box, chance, trig_hits, trig_chance, deltas, example = [], [], [], [], [], None
   n_tok = lm.vlm_config.num_image_tokens()
   trig_ids = set(lm.encode(TRIGGER, add_bos=False))
   for it, p in tqdm(
@@ -265,7 +280,8 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> d
     img_pos = np.flatnonzero(res.ids_pos == lm.image_token_id)
     cand = np.setdiff1d(np.arange(1, res.prompt_len_pos), img_pos)
     worst = cand[np.argmin(res.scores_pos[cand])]
-    trig_hits += int(int(res.ids_pos[worst]) in trig_ids)
+    trig_hits.append(float(int(res.ids_pos[worst]) in trig_ids))
+    trig_chance.append(sum(int(res.ids_pos[c]) in trig_ids for c in cand) / len(cand))
     if example is None:
       example = res
   assert len(img_pos) == n_tok
@@ -281,11 +297,16 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> d
     train_seconds=t_train,
     train_loss_final=float(np.mean(losses[-20:])),
     ig_relative_delta_median=float(np.median(deltas)),
-    top5_image_tokens_on_box=float(np.mean(on_box)),
-    box_patch_share=float(np.mean(chance)),
-    trigger_is_most_negative_text_token=trig_hits / min(cfg.n_attr, len(pairs)),
-    unsteered=dict(target=hallucination_rate(lm, target), clean=hallucination_rate(lm, clean)),
-  )
+    top5_on_box=on_box,
+    box_patch_share=chance,
+    trigger_hits=trig_hits,
+    trigger_chance=trig_chance,
+    unsteered_val=dict(
+      target=hallucination_rate(lm, target_val), clean=hallucination_rate(lm, clean_val)
+    ),
+    test=dict(unsteered=dict(target=hallucinated(lm, target).tolist(),
+                             clean=hallucinated(lm, clean).tolist())),
+  )  # fmt: skip
 
   layer = cfg.steer_layer
   fit = dict(layers=[layer], k=cfg.k, steps=cfg.steps, progress=progress)
@@ -293,7 +314,7 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> d
   g_both = grains.fit(lm, pairs, mode="both", **fit)
   c = grains.caa(lm, pairs, layers=[layer])
   norms = g.metadata["residual_norm"]
-  sweeps = {}
+  sweeps, chosen = {}, {}
   methods = (("grains", g), ("grains_both", g_both), ("caa", c))
   for name, vecs in ((n, _scaled(v, norms)) for n, v in methods):
     rows = []
@@ -302,30 +323,36 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True) -> d
       rows.append(
         dict(
           alpha=alpha,
-          target=hallucination_rate(steered, target),
-          clean=hallucination_rate(steered, clean),
+          target=hallucination_rate(steered, target_val),
+          clean=hallucination_rate(steered, clean_val),
         )
       )
     sweeps[name] = rows
+    # Chosen on validation: fewest hallucinations on target and clean items together (alpha > 0).
+    cand = [r for r in rows if r["alpha"] > 0] or rows
+    best = min(cand, key=lambda r: (r["target"] + r["clean"], r["alpha"]))
+    chosen[name] = best["alpha"]
+    steered = jaxsteer.steer(lm, vecs, alpha=best["alpha"])
+    results["test"][name] = dict(
+      target=hallucinated(steered, target).tolist(), clean=hallucinated(steered, clean).tolist()
+    )
   results["layer"] = layer
   results["grains_mode"] = g.metadata["mode"]
   results["cos_grains_caa"] = float(
     g.vectors[0] @ c.vectors[0] / (np.linalg.norm(g.vectors[0]) * np.linalg.norm(c.vectors[0]))
   )
-  results["sweeps"] = sweeps
-  # The best alpha of each method: fewest hallucinations on target and clean items together.
-  results["best"] = {
-    name: min(rows, key=lambda r: r["target"] + r["clean"]) for name, rows in sweeps.items()
-  }
+  results["validation_sweeps"] = sweeps
+  results["chosen_alpha"] = chosen
   results["seconds"] = time.perf_counter() - t0
   if out_dir is not None:
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plot(results, out / "vlm_sweep.png")
-    example.plot_image(out / "vlm_attribution.png", which="pos")
-    tmp = out / "vlm.json.tmp"
+    if seed == cfg.seeds[0]:
+      plot(results, out / "vlm_sweep.png")
+      example.plot_image(out / "vlm_attribution.png", which="pos")
+    tmp = out / f"vlm_seed{seed}.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "vlm.json")
+    os.replace(tmp, out / f"vlm_seed{seed}.json")
   return results
 
 
@@ -337,9 +364,9 @@ def plot(results: dict, path) -> None:
 
   fig, axes = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
   for ax, group in zip(axes, ("target", "clean")):
-    for name, rows in results["sweeps"].items():
+    for name, rows in results["validation_sweeps"].items():
       ax.plot([r["alpha"] for r in rows], [r[group] for r in rows], marker="o", label=name)
-    ax.set_title(f"{group} items", fontsize=9)
+    ax.set_title(f"{group} items (validation, seed {results['setting']['seed']})", fontsize=9)
     ax.set_xlabel("alpha (x mean residual norm)")
   axes[0].set_ylabel("hallucination rate")
   axes[0].legend(fontsize=8)

@@ -87,6 +87,8 @@ def test_degenerate_and_bad_input():
     ((0.06, 0.2), "within", 0.05, "contradicted"),
     ((0.0, 0.2), "within", 0.05, "inconclusive"),
     ((0.0, 0.0), "greater", 0.0, "contradicted"),  # exactly zero does not raise anything
+    ((-0.5, 0.0), "greater", 0.0, "inconclusive"),  # touching the threshold is not resolved
+    ((0.0, 0.5), "less", 0.0, "inconclusive"),
   ],
 )
 def test_verdict(ci, direction, thr, want):
