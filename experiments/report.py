@@ -173,11 +173,11 @@ def _verdict(c: dict) -> str:
   return VERDICT_MARK.get(c.get("verdict"), _cell(c.get("verdict")))
 
 
-def _claims_table(items: list[tuple[str, dict]], with_study: bool) -> list[str]:
+def _claims_table(items: list[tuple[str, dict]], with_study: bool, ci: str = "CI") -> list[str]:
   head = (
-    "| study | claim | measured | ours [95% CI] | verdict | paper |"
+    f"| study | claim | measured | ours [{ci}] | verdict | paper |"
     if with_study
-    else ("| claim | measured | ours [95% CI] | verdict | paper |")
+    else f"| claim | measured | ours [{ci}] | verdict | paper |"
   )
   lines = [head, "|---" * (6 if with_study else 5) + "|"]
   for name, c in items:
@@ -204,7 +204,7 @@ def _section(name: str, st: dict, env_summary: str) -> list[str]:
   claims = st.get("claims", [])
   if claims:
     lines += ["**Verdicts.**", ""] + _claims_table([(name, c) for c in claims], False) + [""]
-  lines += ["| metric | ours [95% CI] | n | paper |", "|---|---:|---:|---|"]
+  lines += ["| metric | ours [CI] | n | paper |", "|---|---:|---:|---|"]
   for row in st.get("headline", []):
     lines.append(
       f"| {_cell(row['metric'])} | {_value(row)} | {_cell(row.get('n'))} | "
@@ -248,10 +248,11 @@ def render(results: dict) -> str:
     "",
     f"Mode **{results['mode']}**, written by `{results['command']}` "
     f"(started {results['started']}, finished {results['finished']}). "
-    "Every number on this page is read from `results.json` beside it; intervals are 95 % "
-    "bootstrap intervals (over items, prompts or windows; over seeds and items where a model is "
-    "trained here), and hyper-parameters (alpha, layer, step size) were chosen on a validation "
-    "split disjoint from the test items the numbers are measured on.",
+    "Every number on this page is read from `results.json` beside it. CI: the "
+    f"{fmt(results.get('ci_level_percent'))} % bootstrap interval (over items, prompts or "
+    "windows; over seeds and items where a model is trained here; paired for differences "
+    "between methods). Hyper-parameters (alpha, layer, step size) were chosen on a validation "
+    "split disjoint from the test items the numbers are measured on (each study's *selection*).",
     "",
     "## Verdicts",
     "",
@@ -263,7 +264,8 @@ def render(results: dict) -> str:
   lines += [
     "",
     f"**Hardware.** {env['summary']}; {env['platform']}; git commit {env['git_commit']}; "
-    f"threads {fmt(env.get('threads'))}; load average (1, 5, 15 min) at start "
+    f"threads {fmt(env.get('threads'))}; load average "
+    f"(over {fmt(env.get('load_average_windows_min'))} min) at start "
     f"{fmt(env.get('load_average_start'))}, at finish {fmt(env.get('load_average_finish'))} "
     "(a shared machine when above the core count: timings are then pessimistic).",
     "",

@@ -43,6 +43,7 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ import traceback
 
 from tqdm.auto import tqdm
 
+from experiments import stats
 from experiments.report import atomic_write, environment, sanitize, write_report
 
 
@@ -195,16 +197,78 @@ def run_study(
       "error": f"{type(e).__name__}: {e}",
     }
   result = dict(result)
+  claims = [
+    {**c, "verdict": stats.verdict(c, c["direction"], c["threshold"])}
+    for c in result.pop("claims", [])
+  ]  # the verdict always follows from the interval, whatever the study wrote
   return {
     **entry,
     "status": "ok",
     "seconds": round(time.perf_counter() - t0, 1),
-    "claims": result.pop("claims", []),
+    "claims": claims,
     "headline": result.pop("headline", []),
     "setting": result.pop("setting", {}),
     "figures": [f"{study.name}/{f}" for f in result.pop("figures", [])],
     "result": result,
   }
+
+
+def merge(run_dirs, out: pathlib.Path) -> dict:
+  """One ``results.json``/``REPORT.md`` in ``out`` from runs of disjoint studies.
+
+  The runs must share the mode, the data directory and the git commit (clean: no uncommitted
+  changes); each study's folder is copied into ``out``; verdicts are recomputed from the
+  intervals. Used to run the studies of one quick run as parallel processes on a shared machine.
+  """
+  runs = [json.loads((pathlib.Path(d) / "results.json").read_text()) for d in run_dirs]
+  for key in ("mode", "data_dir"):
+    if len({r[key] for r in runs}) != 1:
+      raise ValueError(f"runs differ in {key}: {sorted({r[key] for r in runs})}")
+  commits = {r["environment"]["git_commit"] for r in runs}
+  if len(commits) != 1 or "uncommitted" in next(iter(commits)):
+    raise ValueError(f"runs must come from one clean commit; got {sorted(commits)}")
+  found = {}
+  for d, r in zip(run_dirs, runs):
+    for name, st in r["studies"].items():
+      if name in found:
+        raise ValueError(f"study {name} is in more than one run")
+      found[name] = (pathlib.Path(d), st)
+  out = pathlib.Path(out)
+  _check_writable(out)
+  studies = {}
+  for name in [n for n in STUDIES if n in found] + [n for n in found if n not in STUDIES]:
+    d, st = found[name]
+    if (d / name).is_dir() and d.resolve() != out.resolve():
+      shutil.copytree(d / name, out / name, dirs_exist_ok=True)
+    st = dict(st)
+    if "claims" in st:
+      st["claims"] = [
+        {**c, "verdict": stats.verdict(c, c["direction"], c["threshold"])} for c in st["claims"]
+      ]
+    studies[name] = st
+  env = dict(runs[0]["environment"])
+  env["load_average_start"] = max(r["environment"]["load_average_start"] for r in runs)
+  env["load_average_finish"] = max(r["environment"]["load_average_finish"] for r in runs)
+  env["parallel_runs"] = len(runs)
+  env["load_average_windows_min"] = [1, 5, 15]
+  results = sanitize(
+    {
+      "schema": 1,
+      "mode": runs[0]["mode"],
+      "command": " & ".join(r["command"] for r in runs) + " (in parallel; merged by "
+      "python -m experiments.reproduce --merge)",
+      "started": min(r["started"] for r in runs),
+      "finished": max(r["finished"] for r in runs),
+      "data_dir": runs[0]["data_dir"],
+      "environment": env,
+      "ci_level_percent": round(100 * stats.LEVEL),
+      "ok": all(st["status"] != "failed" for st in studies.values()),
+      "studies": studies,
+    }
+  )
+  atomic_write(out / "results.json", json.dumps(results, indent=2))
+  write_report(results, out)
+  return results
 
 
 def _check_writable(out: pathlib.Path) -> None:
@@ -239,7 +303,17 @@ def main(argv=None) -> int:
     help="CPU threads for XLA's Eigen and PyTorch (1: single-threaded, reproducible reductions; "
     "0: the frameworks' defaults). Takes effect only if JAX is not yet initialised.",
   )
+  ap.add_argument(
+    "--merge", nargs="+", default=None, metavar="RUN_DIR",
+    help="merge finished runs of disjoint studies (one commit) into --out instead of running",
+  )  # fmt: skip
   args = ap.parse_args(argv)
+  if args.merge:
+    try:
+      merge([pathlib.Path(d) for d in args.merge], pathlib.Path(args.out))
+    except (OSError, ValueError, KeyError) as e:
+      ap.error(f"cannot merge: {e}")
+    return 0
   set_threads(args.threads)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -291,7 +365,9 @@ def main(argv=None) -> int:
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "load_average_start": load_start,
         "load_average_finish": [round(x, 2) for x in os.getloadavg()],
+        "load_average_windows_min": [1, 5, 15],
       },
+      "ci_level_percent": round(100 * stats.LEVEL),
       "ok": all(s["status"] != "failed" for s in studies.values()),
       "studies": studies,
     }

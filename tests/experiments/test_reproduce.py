@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from experiments import reproduce
-from experiments.report import NUMBER, headline_table, numbers_in, write_report
+from experiments import reproduce, stats
+from experiments.report import NUMBER, headline_table, numbers_in, render, write_report
 
 REPO = reproduce.REPO
 LIBRARIES = ("jaxsteer", "paca_jax", "ntk", "recoder")
@@ -36,7 +36,13 @@ def _check_studies(rc, out, results):
   assert list(results["studies"]) == list(reproduce.STUDIES)
   for name, st in results["studies"].items():
     assert st["headline"], name
-    assert {"model", "data", "seed", "config"} <= set(st["setting"]), name
+    assert {"model", "data", "seed", "config", "selection"} <= set(st["setting"]), name
+    for row in st["headline"] + st["claims"]:  # every number carries its interval
+      lo, hi = row["ci"]
+      assert lo <= row["value"] <= hi or row["ci_method"] == "bca", (name, row)
+    for c in st["claims"]:
+      assert c["verdict"] == stats.verdict(c, c["direction"], c["threshold"]), (name, c)
+    assert st["claims"] or name == "models", name
     for fig in st["figures"]:
       assert (out / fig).stat().st_size > 1000, fig
   # The figures the issue asks for.
@@ -206,3 +212,41 @@ def test_readme_headline_table_is_generated_from_committed_results():
   for st in results["studies"].values():
     for fig in st.get("figures", []):
       assert (path.parent / fig).is_file(), fig
+
+
+def _fake_results():
+  def claim(metric, lo, hi, direction="greater"):
+    est = stats.Estimate((lo + hi) / 2, lo, hi, 48, "bca")
+    return stats.claim(stats.Claim(f"claim on {metric}", metric, direction, 0.0, "paper"), est)
+
+  rows = [stats.row(f"row {i}", stats.Estimate(i, i - 0.5, i + 0.5, 10, "bca")) for i in range(5)]
+  study = {
+    "paper": "P", "claim": "C", "status": "ok", "seconds": 1.0, "figures": [],
+    "setting": {"model": "m", "data": "d", "seed": 0, "config": {}},
+    "headline": rows,
+    # a claim whose interval lies on the wrong side of its threshold, stated after other rows
+    "claims": [claim("steering gain", -3.0, -1.0), claim("other gain", 0.5, 2.0)],
+  }  # fmt: skip
+  env = {"summary": "cpu", "platform": "linux", "git_commit": "abc"}
+  return {
+    "mode": "quick", "command": "c", "started": "s", "finished": "f", "data_dir": "d",
+    "environment": env, "studies": {"grains": study},
+  }  # fmt: skip
+
+
+def test_report_shows_verdicts_first_and_marks_a_contradicted_claim():
+  results = _fake_results()
+  c = results["studies"]["grains"]["claims"]
+  assert [x["verdict"] for x in c] == ["contradicted", "supported"]
+  text = render(results)
+  verdicts, study = text.index("## Verdicts"), text.index("(`grains`)")
+  assert verdicts < study
+  line = next(x for x in text.splitlines()[:study] if "steering gain" in x)
+  assert "**CONTRADICTED**" in line and "-2 [-3, -1]" in line
+  assert "supported" in next(x for x in text.splitlines() if "other gain" in x)
+
+
+def test_readme_table_is_chosen_per_claim_not_by_position():
+  table = headline_table(_fake_results())
+  assert "steering gain" in table and "**CONTRADICTED**" in table and "other gain" in table
+  assert "row 0" not in table  # headline rows by position are not what the README shows
