@@ -4,9 +4,10 @@
   python -m experiments.publish runs/reproduce     # -> experiments/results/quick/, README.md
 
 Copies ``REPORT.md``, ``results.json`` and the figures they link (nothing else: no checkpoints)
-into ``experiments/results/quick/`` and replaces the table between the README's
+into ``experiments/results/quick/``, replaces the table between the README's
 ``<!-- headline-table -->`` markers with ``experiments.report.headline_table`` of that
-``results.json`` (``tests/experiments`` checks that the two agree).
+``results.json`` (one row per claim) and regenerates the study READMEs' tables
+(``experiments.tables``); ``tests/experiments`` checks that all of them agree with the JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pathlib
 import shutil
 import sys
 
+from experiments import tables
 from experiments.report import atomic_write, headline_table
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -46,6 +48,10 @@ def publish(run_dir: pathlib.Path, dest: pathlib.Path = DEST, readme: pathlib.Pa
   head, rest = text.split(BEGIN, 1)
   _, tail = rest.split(END, 1)
   atomic_write(readme, f"{head}{BEGIN}\n{headline_table(results)}{END}{tail}")
+  if readme == REPO / "README.md":
+    for rel in tables.READMES:
+      if (REPO / rel).is_file():
+        tables.refresh(REPO / rel, check=False)
   return dest
 
 

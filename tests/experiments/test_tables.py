@@ -52,3 +52,41 @@ def test_check_fails_when_the_json_changes(tmp_path):
 def test_unknown_renderer_is_an_error(tmp_path):
   with pytest.raises(ValueError, match="unknown table renderer"):
     tables.render("nope", "x.json", [], tmp_path)
+
+
+def test_recoder_documented_command_matches_the_committed_run():
+  import math
+  import shlex
+
+  from experiments.recoder import run as rrun
+  from recoder._src import train as train_lib
+
+  argv = shlex.split(rrun.FULL_RUN_COMMAND)[3:]
+  args = train_lib.build_parser().parse_args(argv)
+  summary = json.loads((REPO / "experiments/recoder/results/ptb_small_summary.json").read_text())
+  assert args.epochs == summary["epochs"] == len(summary["history"])
+  lrs = [
+    args.lr * (args.lr_decay ** max(0, e - args.decay_start)) for e in range(1, args.epochs + 1)
+  ]
+  assert lrs == pytest.approx([h["lr"] for h in summary["history"]])
+  train_tokens = 929589  # Mikolov PTB training tokens incl. <eos>
+  per_epoch = (train_tokens // args.batch_size - 1) / args.bptt
+  assert summary["global_step"] == pytest.approx(args.epochs * per_epoch, abs=args.epochs * 2)
+  assert "--batch-size 10" in rrun.FULL_EVAL_COMMAND  # what ptb_small_test.json used
+  assert math.isfinite(summary["test_ppl"])
+
+
+def test_committed_quick_run_used_the_documented_quick_settings():
+  import dataclasses
+
+  from experiments import reproduce
+  from experiments.report import sanitize
+
+  path = REPO / "experiments" / "results" / "quick" / "results.json"
+  results = json.loads(path.read_text())
+  assert results["mode"] == "quick"
+  for name, st in results["studies"].items():
+    want = json.loads(
+      json.dumps(sanitize(dataclasses.asdict(reproduce.STUDIES[name].config("quick"))))
+    )
+    assert st["setting"]["config"] == want, name
