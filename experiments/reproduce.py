@@ -314,7 +314,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
       ap.error(f"cannot merge: {e}")
     return 0
-  set_threads(args.threads)
+  # Only before JAX starts (the CLI); in a process that already runs JAX (tests) it would not apply.
+  threads = args.threads if "jax" not in sys.modules else "default (JAX was already running)"
+  if "jax" not in sys.modules:
+    set_threads(args.threads)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
   unknown = [s for s in only if s not in STUDIES]
@@ -361,7 +364,7 @@ def main(argv=None) -> int:
       "data_dir": str(data_dir),
       "environment": {
         **env,
-        "threads": args.threads,
+        "threads": threads,
         "xla_flags": os.environ.get("XLA_FLAGS"),
         "load_average_start": load_start,
         "load_average_finish": [round(x, 2) for x in os.getloadavg()],
