@@ -220,19 +220,37 @@ def merge(run_dirs, out: pathlib.Path) -> dict:
   changes); each study's folder is copied into ``out``; verdicts are recomputed from the
   intervals. Used to run the studies of one quick run as parallel processes on a shared machine.
   """
-  runs = [json.loads((pathlib.Path(d) / "results.json").read_text()) for d in run_dirs]
+  full_runs = [pathlib.Path(d) for d in run_dirs if (pathlib.Path(d) / "results.json").is_file()]
+  study_dirs = [pathlib.Path(d) for d in run_dirs if pathlib.Path(d) not in full_runs]
+  runs = [json.loads((d / "results.json").read_text()) for d in full_runs]
+  if not runs:
+    raise ValueError("at least one run directory with a results.json is needed")
   for key in ("mode", "data_dir"):
     if len({r[key] for r in runs}) != 1:
       raise ValueError(f"runs differ in {key}: {sorted({r[key] for r in runs})}")
   commits = {r["environment"]["git_commit"] for r in runs}
-  if len(commits) != 1 or "uncommitted" in next(iter(commits)):
-    raise ValueError(f"runs must come from one clean commit; got {sorted(commits)}")
+  if any("uncommitted" in c for c in commits):
+    raise ValueError(f"runs must come from clean commits; got {sorted(commits)}")
   found = {}
-  for d, r in zip(run_dirs, runs):
+  for d, r in zip(full_runs, runs):
     for name, st in r["studies"].items():
       if name in found:
         raise ValueError(f"study {name} is in more than one run")
-      found[name] = (pathlib.Path(d), st)
+      found[name] = (d, {**st, "git_commit": r["environment"]["git_commit"]})
+  for d in study_dirs:  # a study of a run stopped after that study finished: its summary.json
+    name = d.name
+    if name not in STUDIES or not (d / "summary.json").is_file() or name in found:
+      raise ValueError(f"{d} is neither a run directory nor a finished, new study's folder")
+    summ = json.loads((d / "summary.json").read_text())
+    study = STUDIES[name]
+    found[name] = (d.parent, {
+      "paper": study.paper, "claim": study.claim, "mode": runs[0]["mode"], "status": "ok",
+      "seconds": None, "claims": summ.pop("claims", []), "headline": summ.pop("headline", []),
+      "setting": summ.pop("setting", {}),
+      "figures": [f"{name}/{f}" for f in summ.pop("figures", [])], "result": summ,
+      "git_commit": runs[0]["environment"]["git_commit"],
+      "note": "entry assembled from the study's summary.json (its run was stopped after it)",
+    })  # fmt: skip
   out = pathlib.Path(out)
   _check_writable(out)
   studies = {}
@@ -249,14 +267,20 @@ def merge(run_dirs, out: pathlib.Path) -> dict:
   env = dict(runs[0]["environment"])
   env["load_average_start"] = max(r["environment"]["load_average_start"] for r in runs)
   env["load_average_finish"] = max(r["environment"]["load_average_finish"] for r in runs)
-  env["parallel_runs"] = len(runs)
+  env["parallel_runs"] = len(runs) + len(study_dirs)
+  env["git_commit"] = ", ".join(
+    f"{c} ({', '.join(n for n, (_, st) in found.items() if st['git_commit'] == c)})"
+    for c in sorted({st["git_commit"] for _, st in found.values()})
+  )
   env["load_average_windows_min"] = [1, 5, 15]
   results = sanitize(
     {
       "schema": 1,
       "mode": runs[0]["mode"],
       "command": " & ".join(r["command"] for r in runs) + " (in parallel; merged by "
-      "python -m experiments.reproduce --merge)",
+      "python -m experiments.reproduce --merge"
+      + (f"; {', '.join(d.name for d in study_dirs)} from summary.json" if study_dirs else "")
+      + ")",
       "started": min(r["started"] for r in runs),
       "finished": max(r["finished"] for r in runs),
       "data_dir": runs[0]["data_dir"],

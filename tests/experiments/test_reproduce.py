@@ -250,3 +250,43 @@ def test_readme_table_is_chosen_per_claim_not_by_position():
   table = headline_table(_fake_results())
   assert "steering gain" in table and "**CONTRADICTED**" in table and "other gain" in table
   assert "row 0" not in table  # headline rows by position are not what the README shows
+
+
+def _run_dir(path, studies, commit="abc1234"):
+  path.mkdir()
+  res = _fake_results()
+  st = res["studies"].pop("grains")
+  res["environment"] |= {"git_commit": commit, "load_average_start": [1.0, 1.0, 1.0],
+                         "load_average_finish": [2.0, 2.0, 2.0]}  # fmt: skip
+  res["studies"] = {n: {**st, "paper": n} for n in studies}
+  for n in studies:
+    (path / n).mkdir()
+    (path / n / "x.json").write_text("{}")
+  (path / "results.json").write_text(json.dumps(res))
+  return path
+
+
+def test_merge_combines_disjoint_runs_and_recomputes_verdicts(tmp_path):
+  a = _run_dir(tmp_path / "a", ["recoder"])
+  b = _run_dir(tmp_path / "b", ["grains", "vlm"])
+  data = json.loads((b / "results.json").read_text())
+  data["studies"]["grains"]["claims"][0]["verdict"] = "supported"  # a wrong stored verdict
+  (b / "results.json").write_text(json.dumps(data))
+  assert reproduce.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+  merged = json.loads((tmp_path / "m" / "results.json").read_text())
+  assert list(merged["studies"]) == ["grains", "vlm", "recoder"]  # registry order
+  assert merged["studies"]["grains"]["claims"][0]["verdict"] == "contradicted"
+  assert (tmp_path / "m" / "recoder" / "x.json").is_file()
+  assert "**CONTRADICTED**" in (tmp_path / "m" / "REPORT.md").read_text()
+
+
+def test_merge_refuses_overlapping_or_dirty_runs(tmp_path, capsys):
+  a = _run_dir(tmp_path / "a", ["grains"])
+  b = _run_dir(tmp_path / "b", ["grains"])
+  with pytest.raises(SystemExit) as e:
+    reproduce.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m")])
+  assert e.value.code == 2 and "more than one run" in _err(capsys)
+  c = _run_dir(tmp_path / "c", ["vlm"], commit="abc (uncommitted changes)")
+  with pytest.raises(SystemExit):
+    reproduce.main(["--merge", str(a), str(c), "--out", str(tmp_path / "m")])
+  assert "clean commits" in _err(capsys)
