@@ -213,12 +213,13 @@ def run_study(
   }
 
 
-def merge(run_dirs, out: pathlib.Path) -> dict:
+def merge(run_dirs, out: pathlib.Path, missing_reason: str = "not in the merged runs") -> dict:
   """One ``results.json``/``REPORT.md`` in ``out`` from runs of disjoint studies.
 
   The runs must share the mode, the data directory and the git commit (clean: no uncommitted
   changes); each study's folder is copied into ``out``; verdicts are recomputed from the
   intervals. Used to run the studies of one quick run as parallel processes on a shared machine.
+  A registry study that none of the runs holds is recorded as skipped with ``missing_reason``.
   """
   full_runs = [pathlib.Path(d) for d in run_dirs if (pathlib.Path(d) / "results.json").is_file()]
   study_dirs = [pathlib.Path(d) for d in run_dirs if pathlib.Path(d) not in full_runs]
@@ -254,6 +255,11 @@ def merge(run_dirs, out: pathlib.Path) -> dict:
   out = pathlib.Path(out)
   _check_writable(out)
   studies = {}
+  for name in [n for n in STUDIES if n not in found]:
+    study = STUDIES[name]
+    found[name] = (out, {"paper": study.paper, "claim": study.claim, "mode": runs[0]["mode"],
+                         "status": "skipped", "reason": missing_reason,
+                         "git_commit": runs[0]["environment"]["git_commit"]})  # fmt: skip
   for name in [n for n in STUDIES if n in found] + [n for n in found if n not in STUDIES]:
     d, st = found[name]
     if (d / name).is_dir() and d.resolve() != out.resolve():
@@ -269,7 +275,7 @@ def merge(run_dirs, out: pathlib.Path) -> dict:
   env["load_average_finish"] = max(r["environment"]["load_average_finish"] for r in runs)
   env["parallel_runs"] = len(runs) + len(study_dirs)
   env["git_commit"] = ", ".join(
-    f"{c} ({', '.join(n for n, (_, st) in found.items() if st['git_commit'] == c)})"
+    f"{c} ({', '.join(n for n, (_, st) in found.items() if st['git_commit'] == c and st['status'] == 'ok')})"
     for c in sorted({st["git_commit"] for _, st in found.values()})
   )
   env["load_average_windows_min"] = [1, 5, 15]
@@ -331,10 +337,14 @@ def main(argv=None) -> int:
     "--merge", nargs="+", default=None, metavar="RUN_DIR",
     help="merge finished runs of disjoint studies (one commit) into --out instead of running",
   )  # fmt: skip
+  ap.add_argument(
+    "--missing-reason", default="not in the merged runs",
+    help="with --merge: why a study that no run holds is missing (recorded as skipped)",
+  )  # fmt: skip
   args = ap.parse_args(argv)
   if args.merge:
     try:
-      merge([pathlib.Path(d) for d in args.merge], pathlib.Path(args.out))
+      merge([pathlib.Path(d) for d in args.merge], pathlib.Path(args.out), args.missing_reason)
     except (OSError, ValueError, KeyError) as e:
       ap.error(f"cannot merge: {e}")
     return 0

@@ -72,9 +72,10 @@ class Estimate:
   level: float = LEVEL
 
   def as_dict(self) -> dict:
+    num = lambda v: v if isinstance(v, int) and not isinstance(v, bool) else float(v)  # noqa: E731
     return {
-      "value": float(self.value),
-      "ci": [float(self.lo), float(self.hi)],
+      "value": num(self.value),
+      "ci": [num(self.lo), num(self.hi)],
       "n": int(self.n),
       "ci_method": self.method,
     }
@@ -82,7 +83,8 @@ class Estimate:
 
 def exact(value: float) -> Estimate:
   """A number that involves no sampling (interval [value, value], method ``exact``)."""
-  return Estimate(float(value), float(value), float(value), 1, "exact")
+  v = value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+  return Estimate(v, v, v, 1, "exact")
 
 
 def _as_stat(statistic):

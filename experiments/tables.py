@@ -47,12 +47,15 @@ def claims(data, study):
   """The verdict per claim of ``study`` in a ``results.json``."""
   st = data["studies"][study]
   if st["status"] != "ok":
-    return f"Study `{study}`: {st['status']}."
+    return f"Study `{study}` {st['status']} in this run: {st.get('reason') or st.get('error')}."
   return "\n".join(_claims_table([(study, c) for c in st.get("claims", [])], False, "95% CI"))
 
 
 def headline(data, study, prefix=""):
   """The headline rows (value [95% CI], n) of ``study`` in a ``results.json``."""
+  st = data["studies"][study]
+  if st["status"] != "ok":
+    return f"Study `{study}` {st['status']} in this run: {st.get('reason') or st.get('error')}."
   rows = [r for r in data["studies"][study].get("headline", []) if r["metric"].startswith(prefix)]
   return _table(
     ["metric", "ours [95% CI]", "n"], [[r["metric"], _value(r), r.get("n")] for r in rows]

@@ -274,7 +274,8 @@ def test_merge_combines_disjoint_runs_and_recomputes_verdicts(tmp_path):
   (b / "results.json").write_text(json.dumps(data))
   assert reproduce.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
   merged = json.loads((tmp_path / "m" / "results.json").read_text())
-  assert list(merged["studies"]) == ["grains", "vlm", "recoder"]  # registry order
+  assert list(merged["studies"]) == list(reproduce.STUDIES)  # registry order
+  assert merged["studies"]["paca"]["status"] == "skipped"
   assert merged["studies"]["grains"]["claims"][0]["verdict"] == "contradicted"
   assert (tmp_path / "m" / "recoder" / "x.json").is_file()
   assert "**CONTRADICTED**" in (tmp_path / "m" / "REPORT.md").read_text()
