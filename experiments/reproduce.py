@@ -213,13 +213,20 @@ def run_study(
   }
 
 
-def merge(run_dirs, out: pathlib.Path, missing_reason: str = "not in the merged runs") -> dict:
+def merge(
+  run_dirs,
+  out: pathlib.Path,
+  missing_reason: str = "not in the merged runs",
+  allow_dirty: bool = False,
+) -> dict:
   """One ``results.json``/``REPORT.md`` in ``out`` from runs of disjoint studies.
 
   The runs must share the mode, the data directory and the git commit (clean: no uncommitted
   changes); each study's folder is copied into ``out``; verdicts are recomputed from the
   intervals. Used to run the studies of one quick run as parallel processes on a shared machine.
   A registry study that none of the runs holds is recorded as skipped with ``missing_reason``.
+  ``allow_dirty`` accepts runs whose checkout had uncommitted changes when they started (the
+  commit is then recorded with that note, per study, in the report).
   """
   full_runs = [pathlib.Path(d) for d in run_dirs if (pathlib.Path(d) / "results.json").is_file()]
   study_dirs = [pathlib.Path(d) for d in run_dirs if pathlib.Path(d) not in full_runs]
@@ -230,7 +237,7 @@ def merge(run_dirs, out: pathlib.Path, missing_reason: str = "not in the merged 
     if len({r[key] for r in runs}) != 1:
       raise ValueError(f"runs differ in {key}: {sorted({r[key] for r in runs})}")
   commits = {r["environment"]["git_commit"] for r in runs}
-  if any("uncommitted" in c for c in commits):
+  if not allow_dirty and any("uncommitted" in c for c in commits):
     raise ValueError(f"runs must come from clean commits; got {sorted(commits)}")
   found = {}
   for d, r in zip(full_runs, runs):
@@ -341,10 +348,19 @@ def main(argv=None) -> int:
     "--missing-reason", default="not in the merged runs",
     help="with --merge: why a study that no run holds is missing (recorded as skipped)",
   )  # fmt: skip
+  ap.add_argument(
+    "--allow-dirty", action="store_true",
+    help="with --merge: accept runs started from a checkout with uncommitted changes",
+  )  # fmt: skip
   args = ap.parse_args(argv)
   if args.merge:
     try:
-      merge([pathlib.Path(d) for d in args.merge], pathlib.Path(args.out), args.missing_reason)
+      merge(
+        [pathlib.Path(d) for d in args.merge],
+        pathlib.Path(args.out),
+        args.missing_reason,
+        args.allow_dirty,
+      )
     except (OSError, ValueError, KeyError) as e:
       ap.error(f"cannot merge: {e}")
     return 0
