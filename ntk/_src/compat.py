@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.util
 import sys
 import types
 
@@ -368,6 +367,30 @@ def apply_empirical_patches(empirical, names=None) -> None:
       fn(empirical)
 
 
+# The JAX versions ntk is tested with; the same range as the ``ntk`` extra in pyproject.toml
+# (tests/ntk/test_compat.py checks both agree). scripts/ntk_newest_jax.sh runs the ntk tests
+# against the newest JAX on the package registry.
+TESTED_JAX = (">=0.10.0", "<0.11")
+
+
+def check_jax_version() -> None:
+  """Warns (``UserWarning``) if the installed JAX is outside ``TESTED_JAX``."""
+  import warnings
+
+  import jax
+
+  def key(v):
+    return tuple(int(p) for p in v.split(".")[:3] if p.isdigit())
+
+  lo, hi = key(TESTED_JAX[0][2:]), key(TESTED_JAX[1][1:])
+  if not (lo <= key(jax.__version__) < hi):
+    warnings.warn(
+      f"ntk's compatibility layer is tested with jax {','.join(TESTED_JAX)}, found "
+      f"{jax.__version__}; run scripts/ntk_newest_jax.sh to see what breaks",
+      stacklevel=3,
+    )
+
+
 def import_neural_tangents() -> types.ModuleType:
   """Imports neural-tangents under the compatibility layer (idempotent) and returns it.
 
@@ -377,12 +400,17 @@ def import_neural_tangents() -> types.ModuleType:
   """
   if "neural_tangents" in sys.modules and "neural_tangents.stax" in sys.modules:
     return sys.modules["neural_tangents"]
-  if importlib.util.find_spec("neural_tangents") is None:
-    raise ImportError(INSTALL_HINT)
+  check_jax_version()
   if _EXPERIMENTAL not in sys.modules:
     sys.modules[_EXPERIMENTAL] = _ExperimentalStub(_EXPERIMENTAL)
   with _temporary_jax_names() as placeholder:
-    nt = importlib.import_module("neural_tangents")
+    try:
+      nt = importlib.import_module("neural_tangents")
+    except ModuleNotFoundError as e:
+      if e.name != "neural_tangents":
+        raise
+      sys.modules.pop(_EXPERIMENTAL, None)
+      raise ImportError(INSTALL_HINT, name="neural_tangents") from e
     importlib.import_module("neural_tangents.stax")
     importlib.import_module("neural_tangents.predict")
     rules = importlib.import_module("neural_tangents._src.utils.rules")

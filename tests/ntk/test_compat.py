@@ -35,6 +35,36 @@ def test_import_loads_no_tensorflow_and_leaves_jax_clean():
   assert "tensorflow" not in sys.modules
 
 
+def test_import_without_neural_tangents_names_the_install_command():
+  code = (
+    "import sys, importlib.abc\n"
+    "class Hide(importlib.abc.MetaPathFinder):\n"
+    "  def find_spec(self, name, path, target=None):\n"
+    "    if name.split('.')[0] == 'neural_tangents':\n"
+    "      raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Hide())\n"
+    "try:\n"
+    "  import ntk\n"
+    "except ImportError as e:\n"
+    "  print(type(e).__name__, e)\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.startswith("ImportError")
+  assert "pip install --no-deps neural-tangents==0.6.5" in out.stdout
+
+
+def test_declared_jax_range_matches_pyproject_and_installed_jax():
+  import pathlib
+  import tomllib
+
+  root = pathlib.Path(__file__).resolve().parents[2]
+  extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+  jax_req = [r for r in extra["ntk"] if r.replace(" ", "").startswith("jax>")]
+  assert jax_req == ["jax" + ",".join(ntk._compat.TESTED_JAX)]
+  ntk._compat.check_jax_version()  # warnings are errors: the installed JAX is in the range
+
+
 def test_experimental_stub_explains():
   with pytest.raises(ImportError, match="TensorFlow"):
     nt.experimental.empirical_ntk_fn_tf  # noqa: B018
