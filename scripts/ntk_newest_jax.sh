@@ -27,5 +27,4 @@ python -m pip install -q --no-deps neural-tangents==0.6.5
 python -m pip install -q frozendict scipy numpy pytest pytest-xdist mpmath more-itertools absl-py
 echo "ntk_newest_jax: testing against jax $(python -c 'import jax; print(jax.__version__)')"
 export JAXSTEER_DATA="${JAXSTEER_DATA:-$(cd .. && pwd)/shared/data}"
-PYTHONPATH="$PWD" python -m pytest -q -p no:cacheprovider -n 0 tests/ntk -rfE "${@:2}" ||
-  PYTHONPATH="$PWD" python -m pytest -q -p no:cacheprovider tests/ntk -rfE "${@:2}"
+PYTHONPATH="$PWD" python -m pytest -q -p no:cacheprovider -n 0 tests/ntk -rfE "${@:2}"
