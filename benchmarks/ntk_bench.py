@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
-import os
 import statistics
 import time
 import warnings
