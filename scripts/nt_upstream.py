@@ -352,7 +352,7 @@ def main(argv=None) -> int:
           res["loadavg"] = one["loadavg"]
         if one["returncode"] not in (0, 5):
           res["returncode"] = one["returncode"]
-        if not one["files"]:
+        if not one["files"] and one["returncode"] != 5:  # 5: no tests collected
           res["files"][rel] = {
             "passed": 0, "failed": 1, "skipped": 0, "time_s": one["wall_s"],
             "non_pass": [{"test": "(file)", "status": "failed",
