@@ -108,8 +108,9 @@ res["logits"] = gather(lm(g_ids, g_mask))
 # -- contrastive IG and GrAInS fit on the sharded model -------------------------------------------
 ig = attribution.contrastive(lm, [1, 5, 6, 7], [9, 10], [11], steps=4)
 res["ig_pos"], res["ig_neg"] = ig.scores_pos, ig.scores_neg
-pairs = [grains.Pair([1, 5, 6, 7, 8], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
-vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, progress=False)
+pairs = [grains.Pair([1, 5, 6], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
+# k = every prompt token: no near-tie in the token ranking can change the selection
+vecs = grains.fit(lm, pairs, layers=[2], k=3, steps=4, aggregate="mean", progress=False)
 res["fit"] = np.asarray(vecs.vectors[0])
 
 # -- PaCA and LoRA steps, data or fsdp across the processes; orbax checkpoint and resume ----------

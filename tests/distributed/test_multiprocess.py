@@ -56,10 +56,11 @@ def test_forward_ig_and_fit_equal_one_process(group, stories260k):
   assert_close(group["ig_pos"], ig.scores_pos, rtol=1e-4, atol=1e-5)
   assert_close(group["ig_neg"], ig.scores_neg, rtol=1e-4, atol=1e-5)
   pairs = [
-    grains.Pair([1, 5, 6, 7, 8], [9, 10], [11, 12]),
+    grains.Pair([1, 5, 6], [9, 10], [11, 12]),
     grains.Pair([1, 20, 21], [30], [31, 32]),
   ]
-  vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, progress=False)
+  # k = every prompt token: no near-tie in the token ranking can change the selection
+  vecs = grains.fit(lm, pairs, layers=[2], k=3, steps=4, aggregate="mean", progress=False)
   assert_close(group["fit"], np.asarray(vecs.vectors[0]), rtol=1e-4, atol=1e-5)
 
 
@@ -87,14 +88,14 @@ def _reference_steps(method, steps=2):
 def test_train_steps_equal_one_process(group, method):
   losses, leaves = _reference_steps(method)
   for axis in ("data", "fsdp"):
-    assert_close(group[f"{method}_{axis}_loss"], losses, err_msg=axis)
+    assert_close(np.float32(group[f"{method}_{axis}_loss"]), np.float32(losses), err_msg=axis)
     for i, want in enumerate(leaves):
       assert_close(group[f"{method}_{axis}_t{i}"], want, err_msg=f"{axis} leaf {i}")
 
 
 def test_checkpoint_resume_equals_uninterrupted(group):
   # restored from the checkpoint both processes wrote after step 1, then one more step
-  assert_close(group["resume_loss"], group["paca_fsdp_loss"][1])
+  assert_close(np.float32(group["resume_loss"]), np.float32(group["paca_fsdp_loss"][1]))
   i = 0
   while f"resume_t{i}" in group:
     np.testing.assert_array_equal(group[f"resume_t{i}"], group[f"paca_fsdp_t{i}"])
