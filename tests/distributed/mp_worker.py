@@ -3,9 +3,10 @@
 ``python mp_worker.py main OUT_DIR DATA_DIR``: two meshes of 2 x 2 x 2 devices over every
 process, one with ``data`` across the processes, one with ``fsdp`` across them. On them: a
 sharded ``jaxsteer.load`` of stories260K in which each process reads only its own shards, a
-batch-sharded forward, ``attribution.contrastive`` and ``grains.fit``, two PaCA and two LoRA
-train steps of the paca_jax ``nano`` model, and an orbax checkpoint written by every process
-after step 1, restored and resumed. Process 0 writes ``OUT_DIR/results.npz``.
+batch-sharded forward, ``attribution.contrastive`` and ``grains.fit``; then, on a (2, 2, 2) mesh
+whose data and fsdp axes both cross the processes, two PaCA and two LoRA train steps of the
+paca_jax ``nano`` model, and an orbax checkpoint written by every process after step 1,
+restored and resumed. Process 0 writes ``OUT_DIR/results.npz``.
 
 ``python mp_worker.py die`` / ``hang``: process 1 exits with code 3 / sleeps, after
 ``initialize``, while process 0 waits in a collective (the launcher's failure paths).
@@ -52,6 +53,21 @@ MESHES = {
   "data": distributed.global_mesh((n_proc, 8 // n_proc, 1), ("data", "fsdp", "tensor")),
   "fsdp": distributed.global_mesh((n_proc, 8 // n_proc // 2, 2), ("fsdp", "data", "tensor")),
 }
+
+
+def crossed_mesh():
+  """(data, fsdp, tensor) = (2, 2, 2) on 2 processes with BOTH data and fsdp crossing them:
+  device (d, f, t) belongs to process (d + f) % 2."""
+  by_proc = [sorted((x for x in jax.devices() if x.process_index == p), key=lambda x: x.id)
+             for p in range(2)]  # fmt: skip
+  grid = np.empty((2, 2, 2), dtype=object)
+  used = [0, 0]
+  for d, f, t in np.ndindex(2, 2, 2):
+    p = (d + f) % 2
+    grid[d, f, t] = by_proc[p][used[p]]
+    used[p] += 1
+  return jax.sharding.Mesh(grid, ("data", "fsdp", "tensor"),
+                           axis_types=(jax.sharding.AxisType.Auto,) * 3)  # fmt: skip
 res = {}
 
 
@@ -109,8 +125,8 @@ res["logits"] = gather(lm(g_ids, g_mask))
 ig = attribution.contrastive(lm, [1, 5, 6, 7], [9, 10], [11], steps=4)
 res["ig_pos"], res["ig_neg"] = ig.scores_pos, ig.scores_neg
 pairs = [grains.Pair([1, 5, 6], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
-# k = every prompt token: no near-tie in the token ranking can change the selection
-vecs = grains.fit(lm, pairs, layers=[2], k=3, steps=4, aggregate="mean", progress=False)
+# k = every prompt candidate: no near-tie in the token ranking can change the selection
+vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, aggregate="mean", progress=False)
 res["fit"] = np.asarray(vecs.vectors[0])
 
 # -- PaCA and LoRA steps, data or fsdp across the processes; orbax checkpoint and resume ----------
@@ -123,34 +139,37 @@ methods = {
   "paca": paca_jax.Paca(plan),
   "lora": paca_jax.Lora(paca_jax.lora_plan(p0, r".*_proj", 2, alpha=4.0)),
 }
+# data and fsdp both cross the process boundary on one mesh (2 processes); with 4 processes the
+# "fsdp" mesh above puts fsdp across them (data stays inside).
+TRAIN_MESH = crossed_mesh() if n_proc == 2 else MESHES["fsdp"]
 for mname, m in methods.items():
-  for axis, mesh in MESHES.items():
-    tr = paca_jax.Trainer(m, paca_jax.lm_loss_fn(model), optax.sgd(0.5), mesh=mesh)
-    st = tr.init(p0, jax.random.key(3))
-    st, l1 = tr.step(st, batch)
-    if mname == "paca" and axis == "fsdp":
-      ckdir = os.path.join(OUT, "ckpt")
-      with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(ckdir, st)
-        ckptr.wait_until_finished()
-    st, l2 = tr.step(st, batch)
-    res[f"{mname}_{axis}_loss"] = np.asarray([float(l1), float(l2)])
-    for i, leaf in enumerate(jax.tree.leaves(st.trainable)):
-      res[f"{mname}_{axis}_t{i}"] = gather(leaf)
-    if mname == "paca" and axis == "fsdp":
-      # resume: a fresh trainer restores step 1 (every process reads its shards) and steps once
-      tr2 = paca_jax.Trainer(m, paca_jax.lm_loss_fn(model), optax.sgd(0.5), mesh=mesh)
-      fresh = tr2.init(p0, jax.random.key(3))
-      target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), fresh
-      )
-      with ocp.StandardCheckpointer() as ckptr:
-        restored = ckptr.restore(ckdir, target)
-      assert int(restored.step) == 1
-      st2, l2b = tr2.step(restored, batch)
-      res["resume_loss"] = np.asarray(float(l2b))
-      for i, leaf in enumerate(jax.tree.leaves(st2.trainable)):
-        res[f"resume_t{i}"] = gather(leaf)
+  tr = paca_jax.Trainer(m, paca_jax.lm_loss_fn(model), optax.sgd(0.5), mesh=TRAIN_MESH)
+  st = tr.init(p0, jax.random.key(3))
+  st, l1 = tr.step(st, batch)
+  if mname == "paca":
+    ckdir = os.path.join(OUT, "ckpt")
+    with ocp.StandardCheckpointer() as ckptr:
+      ckptr.save(ckdir, st)
+      ckptr.wait_until_finished()
+  st, l2 = tr.step(st, batch)
+  res[f"{mname}_loss"] = np.asarray([float(l1), float(l2)], np.float32)
+  for i, leaf in enumerate(jax.tree.leaves(st.trainable)):
+    res[f"{mname}_t{i}"] = gather(leaf)
+  if mname == "paca":
+    # resume: a fresh state restored from step 1 (every process reads its shards), one more step
+    # through the same compiled step
+    fresh = tr.init(p0, jax.random.key(3))
+    target = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), fresh
+    )
+    del fresh
+    with ocp.StandardCheckpointer() as ckptr:
+      restored = ckptr.restore(ckdir, target)
+    assert int(restored.step) == 1
+    st2, l2b = tr.step(restored, batch)
+    res["resume_loss"] = np.asarray(float(l2b), np.float32)
+    for i, leaf in enumerate(jax.tree.leaves(st2.trainable)):
+      res[f"resume_t{i}"] = gather(leaf)
 
 if PID == 0:
   tmp = os.path.join(OUT, "results.tmp.npz")
