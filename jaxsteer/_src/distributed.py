@@ -196,7 +196,6 @@ def launch(
             stdout=out,
             stderr=err,
             start_new_session=True,  # own process group: killing it ends its children too
-            preexec_fn=_die_with_parent,
           )
         )
       deadline = time.monotonic() + timeout
@@ -236,14 +235,6 @@ def launch(
       f"{_tail(results[running[0]].stderr)}"
     )
   return results
-
-
-def _die_with_parent() -> None:
-  """In the child (Linux): SIGKILL it when the launcher dies, so no peer outlives a killed run."""
-  if sys.platform.startswith("linux"):
-    import ctypes
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill(p: subprocess.Popen) -> None:
