@@ -68,6 +68,8 @@ def crossed_mesh():
     used[p] += 1
   return jax.sharding.Mesh(grid, ("data", "fsdp", "tensor"),
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)  # fmt: skip
+
+
 res = {}
 
 
