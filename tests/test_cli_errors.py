@@ -8,12 +8,15 @@ error comes before it (the model loader is replaced by a function that fails the
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from jaxsteer._src import cli as jcli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.entry
 
@@ -126,10 +129,18 @@ def test_jaxsteer_bad_input_files(capsys, tmp_path, stories260k):
     v / "arrays", args=ocp.args.StandardSave({"vectors": np.zeros((1, 32), np.float32)})
   )
   gen = ["generate", "--model", model, "--tokenizer", tok, "--prompt", "x"]
-  _exit2(capsys, jcli.main, [*gen, "--vectors", v], "not a valid SteeringVectors save")
+  _exit2(capsys, jcli.main, [*gen, "--vectors", v], "SteeringVectors")
+  # The constructor refuses NaN, so a NaN file is written the way another tool would write it.
+  from safetensors import safe_open
+  from safetensors.numpy import save_file
+
   from jaxsteer.grains import SteeringVectors
 
-  SteeringVectors((1,), np.full((1, 64), np.nan, np.float32)).save(tmp_path / "nan")
+  SteeringVectors((1,), np.ones((1, 64), np.float32)).save(tmp_path / "nan")
+  with safe_open(tmp_path / "nan", "np") as f:
+    header, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+  tensors = {k: np.full_like(t, np.nan) if t.dtype.kind == "f" else t for k, t in tensors.items()}
+  save_file(tensors, tmp_path / "nan", metadata=header)
   _exit2(capsys, jcli.main, [*gen, "--vectors", tmp_path / "nan"], "NaN or inf")
 
   # image paths in a pairs file may not leave its folder (row 13)
@@ -226,7 +237,12 @@ def test_module_entry_points(module, argv, match, tmp_path):
     [sys.executable, "-m", module, *argv],
     capture_output=True,
     text=True,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    # The checkout on the path: `experiments` runs from the checkout, it is not installed.
+    env=dict(
+      os.environ,
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    ),
     cwd=tmp_path,
     timeout=300,
   )

@@ -76,13 +76,14 @@ class RawServer:
         rest += chunk
       self.heads.append(headers)
       self.handler(conn, n, self)
+    conn.close()
 
   def close(self):
     self.stop.set()
     for c in self.conns:
-      with contextlib.suppress(OSError):
+      with contextlib.suppress(OSError):  # the peer may have gone already
         c.shutdown(socket.SHUT_RDWR)
-        c.close()
+      c.close()
     self.sock.close()
     self.thread.join(timeout=5)
 

@@ -100,7 +100,7 @@ def test_generate_fit_and_mmhal_with_images(capsys, model_dir, image, tmp_path):
     + ["--out", vecs],
   )
   assert code == 0, err
-  assert out["mode"] == "pos" and out["k"] == 4 and out["num_pairs"] == 2
+  assert out["mode"] == "both" and out["k"] == 4 and out["num_pairs"] == 2
 
   mm = tmp_path / "mmhal" / "response_template.json"
   (mm.parent / "images").mkdir(parents=True)
@@ -158,4 +158,4 @@ def test_fit_from_spavl_preference_rows(capsys, model_dir, image, tmp_path):
     + ["--steps", 2, "--out", tmp_path / "vecs"],
   )
   assert code == 0, err
-  assert out["spavl"] == str(data) and out["num_pairs"] == 2 and out["mode"] == "pos"
+  assert out["spavl"] == str(data) and out["num_pairs"] == 2 and out["mode"] == "both"

@@ -623,6 +623,7 @@ def _post_once(u, body: bytes, headers: dict, *, connect_timeout, read_timeout, 
   conn = cls(u.hostname, u.port, timeout=min(connect_timeout, remaining))
   path = u.path or "/"
   t0 = time.monotonic()
+  resp = None
   with _Deadline(conn, remaining) as dl:
     try:
       conn.connect()
@@ -654,6 +655,8 @@ def _post_once(u, body: bytes, headers: dict, *, connect_timeout, read_timeout, 
         raise _HTTPFailure(f"timed out ({e})", True, reach=True) from None
       raise _HTTPFailure(f"{type(e).__name__}: {e}", True, reach=True) from None
     finally:
+      if resp is not None:  # the response holds the socket's file: close it too, or the fd leaks
+        resp.close()
       conn.close()
   status = resp.status
   if 300 <= status < 400:
