@@ -44,3 +44,24 @@ def assert_no_compile():
   with count_compiles() as c:
     yield
   assert c.count == 0, f"expected no compilation, got {c.count}"
+
+
+def tiny_llama_config(**overrides):
+  """The 3-layer, 16-wide Llama the jaxsteer unit tests share (random weights via ``init_random``).
+
+  Keyword arguments override fields (e.g. ``bos_token_id=1, eos_token_id=2``).
+  """
+  from jaxsteer.models import ModelConfig
+
+  fields = dict(
+    arch="llama",
+    vocab_size=48,
+    hidden_size=16,
+    intermediate_size=24,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=4,
+    max_position_embeddings=64,
+  )
+  return ModelConfig(**{**fields, **overrides})

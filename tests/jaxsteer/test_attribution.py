@@ -4,24 +4,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_llama_config
 from tolerances import assert_close
 
 import jaxsteer
 from jaxsteer import attribution
-from jaxsteer.models import ModelConfig, init_random
+from jaxsteer.models import init_random
 
-TINY = ModelConfig(
-  arch="llama",
-  vocab_size=40,
-  hidden_size=16,
-  intermediate_size=24,
-  num_layers=2,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=4,
-  max_position_embeddings=32,
-  bos_token_id=1,
-  eos_token_id=2,
+TINY = tiny_llama_config(
+  vocab_size=40, num_layers=2, max_position_embeddings=32, bos_token_id=1, eos_token_id=2
 )
 
 

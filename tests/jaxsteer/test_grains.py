@@ -5,25 +5,14 @@ import json
 import jax
 import numpy as np
 import pytest
+from helpers import tiny_llama_config
 
 import jaxsteer
 from jaxsteer import grains
 from jaxsteer._src.grains import aggregate_pca
 from jaxsteer.models import ModelConfig, init_random
 
-CFG = ModelConfig(
-  arch="llama",
-  vocab_size=48,
-  hidden_size=16,
-  intermediate_size=24,
-  num_layers=3,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=4,
-  max_position_embeddings=64,
-  bos_token_id=1,
-  eos_token_id=2,
-)
+CFG = tiny_llama_config(bos_token_id=1, eos_token_id=2)
 PAIRS = [grains.Pair([1, 5 + i, 9, 13 + i, 17], [20 + i, 21], [30 + i, 31 - i]) for i in range(5)]
 
 

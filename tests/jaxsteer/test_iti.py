@@ -4,23 +4,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_llama_config
 
 import jaxsteer
 from jaxsteer import grains, iti
 from jaxsteer._src.models.lm import _apply
-from jaxsteer.models import ModelConfig, init_random
+from jaxsteer.models import init_random
 
-CFG = ModelConfig(
-  arch="llama",
-  vocab_size=48,
-  hidden_size=16,
-  intermediate_size=24,
-  num_layers=3,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=4,
-  max_position_embeddings=64,
-)
+CFG = tiny_llama_config()
 # The preferred response ends in token 40, the dispreferred in 41: easy to probe.
 PAIRS = [
   grains.Pair([1, 5 + i, 9 + (i % 3), 13], [20 + i % 4, 40], [20 + i % 4, 41]) for i in range(10)

@@ -4,24 +4,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_compiles
+from helpers import count_compiles, tiny_llama_config
 from tolerances import STEER_NORM_RTOL_F32
 
 import jaxsteer
 from jaxsteer.grains import CaptureInterceptor, SteeringVectors, hidden_last
-from jaxsteer.models import ModelConfig, init_random
+from jaxsteer.models import init_random
 
-CFG = ModelConfig(
-  arch="llama",
-  vocab_size=48,
-  hidden_size=16,
-  intermediate_size=24,
-  num_layers=3,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=4,
-  max_position_embeddings=64,
-)
+CFG = tiny_llama_config()
 
 
 @pytest.fixture(scope="module")
