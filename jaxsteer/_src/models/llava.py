@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 import pathlib
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxsteer._src.images import as_image_list, load_image
 from jaxsteer._src.models import loading, registry
 from jaxsteer._src.models.config import ModelConfig, config_from_json
 from jaxsteer._src.models.lm import (
@@ -654,40 +654,6 @@ def make_image_processor(cfg: LlavaConfig, directory: str | pathlib.Path | None 
   from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
   return CLIPImageProcessorPil(**kw)
-
-
-def load_image(image):
-  """An RGB ``PIL.Image`` from a path, a PIL image or an (H, W[, 3|4]) uint8 array."""
-  from PIL import Image, UnidentifiedImageError
-
-  if isinstance(image, Image.Image):
-    return image.convert("RGB")
-  if isinstance(image, str | os.PathLike):
-    path = pathlib.Path(image)
-    if not path.is_file():
-      raise FileNotFoundError(f"image not found: {path}")
-    try:
-      with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-      raise ValueError(f"cannot decode image {path}: {e}") from None
-  arr = np.asarray(image)
-  if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4))):
-    raise ValueError(
-      f"an image array must be uint8 of shape (H, W, 3), (H, W, 4) or (H, W); got {arr.dtype} "
-      f"{arr.shape}"
-    )
-  return Image.fromarray(arr).convert("RGB")
-
-
-def as_image_list(image) -> list:
-  """``None`` -> ``[]``; one image (path, PIL image or array) -> ``[image]``; a list stays."""
-  if image is None:
-    return []
-  if isinstance(image, list | tuple):
-    return list(image)
-  return [image]
 
 
 # ------------------------------------------------------------------------------------------------
