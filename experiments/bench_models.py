@@ -41,6 +41,8 @@ import time
 
 import numpy as np
 
+from jaxsteer._src.fileio import atomic_write_text
+
 SHAPES = {
   "tiny": dict(
     vocab_size=512,
@@ -352,10 +354,7 @@ def main(argv=None) -> None:
   out = json.dumps(run(quick=args.quick, threads=args.threads, archs=args.arch), indent=2)
   print(out)
   if args.out:
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(out + "\n")
-    os.replace(tmp, args.out)
+    atomic_write_text(args.out, out + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import pathlib
 import platform
 import re
 import subprocess
-import tempfile
+
+from jaxsteer._src.fileio import atomic_write_text
 
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
 
@@ -135,16 +136,8 @@ def environment() -> dict:
 
 
 def atomic_write(path: pathlib.Path, text: str) -> None:
-  """Writes ``text`` to a temporary file beside ``path``, then renames it over ``path``."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+  """Writes ``text`` to ``path`` atomically (``jaxsteer._src.fileio.atomic_write_text``)."""
+  atomic_write_text(path, text)
 
 
 def _cell(s) -> str:

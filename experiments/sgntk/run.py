@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import tempfile
 import time
 
 import jax
@@ -40,6 +39,7 @@ from tqdm import tqdm
 import ntk
 from experiments import stats
 from experiments.sgntk.config import Config
+from jaxsteer._src.fileio import atomic_write_text
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 W_STD, B_STD, LR = 1.0, 0.1, 0.1
@@ -383,10 +383,7 @@ def digits_study(cfg: Config, out_dir: pathlib.Path, plt) -> dict:
 
 
 def _write_json(path: pathlib.Path, obj) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)
+  atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def run(

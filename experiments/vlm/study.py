@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 import jaxsteer
 from experiments.vlm.config import Config as VLMStudyConfig
 from jaxsteer import grains
+from jaxsteer._src.fileio import atomic_write_text
 from jaxsteer.models import LlavaConfig, VisionConfig, VisionLanguageModel, init_random
 
 COLORS = {
@@ -350,9 +350,7 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True, seed
     if seed == cfg.seeds[0]:
       plot(results, out / "vlm_sweep.png")
       example.plot_image(out / "vlm_attribution.png", which="pos")
-    tmp = out / f"vlm_seed{seed}.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / f"vlm_seed{seed}.json")
+    atomic_write_text(out / f"vlm_seed{seed}.json", json.dumps(results, indent=2))
   return results
 
 

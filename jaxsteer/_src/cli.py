@@ -38,6 +38,7 @@ from jaxsteer._src.cliutil import (
   run_main,
 )
 from jaxsteer._src.evals import judges
+from jaxsteer._src.fileio import atomic_write_text
 
 CLIError = UsageError  # a user error: printed on stderr, exit code 2
 _positive_int = positive_int
@@ -388,11 +389,7 @@ def cmd_attribute(args) -> dict:
 
 
 def _write_text(path, text: str) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  atomic_write_text(path, text)
 
 
 def confined(path: pathlib.Path, root: pathlib.Path, where: str) -> pathlib.Path:

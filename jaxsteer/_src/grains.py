@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +53,7 @@ from jaxsteer._src.attribution import (
   pow2_width,
 )
 from jaxsteer._src.distributed import to_host
+from jaxsteer._src.fileio import atomic_path
 from jaxsteer._src.models.lm import _apply
 from jaxsteer._src.models.modules import DecoderLayer
 
@@ -252,7 +252,7 @@ class SteeringVectors:
 
   # -- persistence -------------------------------------------------------------------------------
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes one safetensors file at ``path`` (atomically; temp file + ``os.replace``).
+    """Writes one safetensors file at ``path`` (atomically, with ``fileio.atomic_path``).
 
     Tensors ``vectors`` (L, D) float32 and ``layers`` (L,) int32; the header's ``__metadata__``
     holds ``format``, ``layers`` and ``metadata`` (JSON), so PyTorch's
@@ -275,17 +275,11 @@ class SteeringVectors:
       "layers": json.dumps(list(self.layers)),
       "metadata": json.dumps(self.metadata, default=_jsonable),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-      tensors = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
-      save_file(tensors, tmp, metadata=header)
+    tensors = {"vectors": self.vectors, "layers": np.asarray(self.layers, np.int32)}
+    with atomic_path(path) as tmp:
+      save_file(tensors, str(tmp), metadata=header)
       if path.is_dir():  # an earlier orbax save (ours to replace) or an empty directory
         shutil.rmtree(path) if not empty_dir else path.rmdir()
-      os.replace(tmp, path)
-    except BaseException:
-      pathlib.Path(tmp).unlink(missing_ok=True)
-      raise
     return path
 
   @classmethod
