@@ -40,5 +40,16 @@ _, _, kfn = stax.serial(stax.Dense(8), ntk.stax.SurrogateSign("erf", beta=1.0), 
 print("ntk", ntk.__version__, float(kfn(jnp.ones((2, 3)), None, "ntk")[0, 0]))
 m = recoder.LSTMLM(recoder.LMConfig(vocab_size=11, embed_dim=8, hidden_dim=8, num_layers=1))
 print("recoder", recoder.__version__, type(m).__name__)
+# package data: the TruthfulQA split is read from the installed wheel (importlib.resources)
+import json, os
+from jaxsteer import evals
+split = evals.DEFAULT_SPLIT_PATH
+assert "site-packages" in str(split) and split.is_file(), f"split not in the wheel: {split}"
+data = os.environ.get("JAXSTEER_DATA")
+if data and (pathlib.Path(data) / "truthfulqa" / "v1" / "mc_task.json").is_file():
+  steer = evals.load_split(evals.load_truthfulqa(data, "v1"))["steer"]  # verified by question hash
+else:
+  steer = json.loads(split.read_text())["sets"]["v1"]["steer"]
+print("truthfulqa split", len(steer), "steering questions from", split)
 PY
 echo "wheel smoke: ok"

@@ -133,7 +133,11 @@ def integrated_gradients(
 
 
 def response_logprob(logits, ids, response_mask, reduce: str = "sum"):
-  """Teacher-forced log P(response | prompt) per row.
+  """Teacher-forced log P(response | prompt) per row: the library's one sequence log-prob.
+
+  ``sum over t of mask[t] * log softmax(logits[t - 1])[ids[t]]``, in float32. Positions with mask 0
+  contribute exactly 0 (also where their log-prob is -inf, e.g. padding), so the TruthfulQA scorer
+  (``evals.loglikelihoods``, which jits this function) and the attribution objectives share it.
 
   Args:
     logits: (B, T, V) logits; position t predicts token t + 1.
@@ -144,7 +148,7 @@ def response_logprob(logits, ids, response_mask, reduce: str = "sum"):
   lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
   tok = jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
   m = response_mask[:, 1:].astype(jnp.float32)
-  s = jnp.sum(tok * m, axis=-1)
+  s = jnp.sum(jnp.where(m != 0, tok * m, 0.0), axis=-1)
   if reduce == "sum":
     return s
   if reduce == "mean":

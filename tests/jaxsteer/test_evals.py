@@ -214,3 +214,27 @@ def test_evaluate_split_and_bad_input(lm, binary):
     evals.evaluate_truthfulqa(lm, binary, limit=0)
   with pytest.raises(ValueError, match="split must be"):
     evals.evaluate_truthfulqa(lm, binary, split="train")
+
+
+def test_one_logprob_function_masks_exactly():
+  """TruthfulQA's scorer and the attribution objectives share ``attribution.response_logprob``:
+  checked against a float64 NumPy log-softmax; a masked position whose log-prob is -inf (padding)
+  adds exactly 0, and ``mean`` divides by the number of scored tokens."""
+  from jaxsteer._src import attribution
+  from jaxsteer._src.evals import truthfulqa
+
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
+  ids = rng.integers(0, 7, size=(2, 5)).astype(np.int32)
+  mask = np.array([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], np.int32)
+  logits[0, 3, ids[0, 4]] = -np.inf  # the prediction of masked token 4 of row 0
+  x = logits.astype(np.float64)
+  lp = x - x.max(-1, keepdims=True)
+  lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+  want = [sum(lp[b, t - 1, ids[b, t]] for t in range(1, 5) if mask[b, t]) for b in range(2)]
+  got = np.asarray(truthfulqa._sequence_logprob(logits, ids, mask.astype(np.float32)))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert truthfulqa._sequence_logprob.__wrapped__ is attribution.response_logprob
+  mean = np.asarray(attribution.response_logprob(logits, ids, mask, reduce="mean"))
+  np.testing.assert_allclose(mean, np.array(want) / mask[:, 1:].sum(1), rtol=1e-5)

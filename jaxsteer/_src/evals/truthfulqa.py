@@ -3,8 +3,9 @@
 GrAInS (Nguyen et al., 2025) builds its steering vectors from ~50 TruthfulQA preference pairs
 ``("Q: {question}\\nA:", best true answer, a random false answer)`` and reports TruthfulQA accuracy.
 The released code draws the pairs from the same rows it evaluates on (spec bug B9); here the pairs come
-from a fixed saved split (``experiments/grains/truthfulqa_split.json``) that is disjoint from the
-evaluated questions and is verified against the question texts on load.
+from a fixed saved split (``truthfulqa_split.json``, shipped as package data in
+``jaxsteer/_src/evals/data/``) that is disjoint from the evaluated questions and is verified against
+the question texts on load.
 
 Scores (the standard definitions of the TruthfulQA repository):
 
@@ -29,16 +30,20 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxsteer._src.attribution import response_logprob
+from jaxsteer._src.evals.io import read_json
+from jaxsteer._src.fileio import atomic_write_text
 
 PROMPT_TEMPLATE = "Q: {question}\nA:"
 # lm-evaluation-harness 0.4 ``truthfulqa_mc1.yaml`` / ``mc2``: the six-example QA preamble of the
@@ -93,8 +98,10 @@ def resolve_bos(lm, bos: str | bool) -> bool:
 
 VERSIONS = {"v1": ("v1", "mc_task.json", 817), "binary": ("", "mc_task.json", 790)}
 _ALIASES = {"v1": "v1", "binary": "binary", "2025": "binary", "mc0": "binary"}
+# The saved split ships inside the package (a ``pathlib.Path`` for an installed wheel or a
+# checkout; an ``importlib.resources`` traversable, with ``read_text``/``is_file``, in general).
 DEFAULT_SPLIT_PATH = (
-  pathlib.Path(__file__).resolve().parents[3] / "experiments" / "grains" / "truthfulqa_split.json"
+  importlib.resources.files("jaxsteer._src.evals") / "data" / "truthfulqa_split.json"
 )
 SPLIT_FORMAT = 1
 
@@ -219,10 +226,7 @@ def load_truthfulqa(root=None, version: str = "v1") -> TruthfulQA:
   """
   version = _version(version)
   path = _find(root, version, VERSIONS[version][1])
-  try:
-    rows = json.loads(path.read_text(encoding="utf-8-sig"))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  rows = read_json(path)
   if not isinstance(rows, list):
     raise ValueError(f"{path}: expected a list of questions")
   qs = []
@@ -303,19 +307,8 @@ def make_split(datasets: Sequence[TruthfulQA], n_steer: int = 100, seed: int = 0
 
 
 def save_split(split: dict, path) -> pathlib.Path:
-  """Writes a split atomically (temp file, then ``os.replace``)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(_dumps(split) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+  """Writes a split atomically (``fileio.atomic_write_text``)."""
+  return atomic_write_text(path, _dumps(split) + "\n")
 
 
 def _dumps(obj, indent: str = "") -> str:
@@ -335,13 +328,10 @@ def load_split(dataset: TruthfulQA, path=None) -> dict[str, list[int]]:
     ValueError: the file has no entry for this set, or its indices or question hashes do not
       match the loaded questions, or steer and eval overlap.
   """
-  path = pathlib.Path(DEFAULT_SPLIT_PATH if path is None else path)
+  path = DEFAULT_SPLIT_PATH if path is None else pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"TruthfulQA split file not found: {path}")
-  try:
-    split = json.loads(path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f"split file {path} is not valid JSON: {e}") from None
+  split = read_json(path, "split file")
   entry = split.get("sets", {}).get(dataset.version) if isinstance(split, dict) else None
   if entry is None:
     raise ValueError(f"split file {path} has no entry for TruthfulQA set {dataset.version!r}")
@@ -381,7 +371,7 @@ def steering_pairs(dataset: TruthfulQA, n: int = 50, seed: int = 0, split=None) 
     dataset: a ``TruthfulQA`` set.
     n: number of pairs (at most the split's steering-set size).
     seed: seeds the choice of the false answer.
-    split: path of the split file (default ``experiments/grains/truthfulqa_split.json``).
+    split: path of the split file (default ``DEFAULT_SPLIT_PATH``, the packaged split).
   """
   from jaxsteer.grains import Pair
 
@@ -405,12 +395,9 @@ def steering_pairs(dataset: TruthfulQA, n: int = 50, seed: int = 0, split=None) 
 # Log-likelihood scoring
 
 
-@jax.jit
-def _sequence_logprob(logits, ids, weights):
-  """Sum over t of weights[t] * log softmax(logits[t-1])[ids[t]] per row."""
-  lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  tok = jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(weights[:, 1:] > 0, tok, 0.0), axis=-1)
+# The library's one teacher-forced log-prob (``attribution.response_logprob``), jitted: summed
+# log p(ids[t] | ids[:t]) over the positions where ``weights`` is 1.
+_sequence_logprob = jax.jit(response_logprob, static_argnames="reduce")
 
 
 def _buckets(limit: int, smallest: int = 32) -> list[int]:
@@ -535,7 +522,7 @@ def evaluate_truthfulqa(
     dataset: from ``load_truthfulqa``.
     split: ``"eval"`` (the saved split's evaluation questions; default), ``"steer"``, ``"all"``,
       or explicit question indices.
-    split_path: split file (default ``experiments/grains/truthfulqa_split.json``).
+    split_path: split file (default ``DEFAULT_SPLIT_PATH``, the packaged split).
     metrics: subset of ``dataset.metrics`` (``mc0`` only on the binary set).
     limit: evaluate only the first ``limit`` selected questions.
     batch_size: rows per forward pass.
