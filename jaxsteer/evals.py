@@ -6,6 +6,7 @@
 >>> pairs = evals.steering_pairs(tqa, n=50)  # doctest: +SKIP
 """
 
+from jaxsteer._src.evals.judges import COMPLETE_BACKENDS as COMPLETE_BACKENDS
 from jaxsteer._src.evals.judges import JUDGES as JUDGES
 from jaxsteer._src.evals.judges import MMHAL_PROMPT as MMHAL_PROMPT
 from jaxsteer._src.evals.judges import PAIRWISE_PROMPT as PAIRWISE_PROMPT
@@ -79,6 +80,7 @@ __all__ = [
   "save_split",
   "steering_pairs",
   "tokenize_request",
+  "COMPLETE_BACKENDS",
   "JUDGES",
   "LLMJudge",
   "MMHAL_PROMPT",

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
   t.add_argument("--set", choices=["v1", "binary"], default="v1")
   t.add_argument("--limit", type=_positive_int)
   t.add_argument("--split", choices=["eval", "steer", "all"], default="eval")
-  t.add_argument("--split-file", help="split file (default: experiments/grains/...)")
+  t.add_argument("--split-file", help="split file (default: the packaged one)")
   t.add_argument("--metrics", help="comma-separated subset of mc0,mc1,mc2")
   t.add_argument("--data", help="shared data dir (default $JAXSTEER_DATA)")
   t.add_argument("--batch-size", type=_positive_int, default=16)
@@ -200,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--judge", choices=["rule", "llm"], default="rule")
     v.add_argument("--judge-url", help="OpenAI-compatible http(s) endpoint of the LLM judge")
     v.add_argument("--judge-model", help="model name at --judge-url")
+    v.add_argument(
+      "--judge-backend",
+      choices=sorted(judges.COMPLETE_BACKENDS),
+      default="http",
+      help="judge client: the standard library's (http) or the openai package's (openai)",
+    )
     v.add_argument(
       "--judge-connect-timeout", type=positive_float, default=judges.JUDGE_CONNECT_TIMEOUT
     )
@@ -546,16 +552,20 @@ def cmd_eval_vlm(args) -> dict:
       judges.check_judge_url(args.judge_url)
     except ValueError as e:
       raise CLIError(f"--judge-url: {e}") from None
-    judge = evals.make_judge(
-      "llm",
-      base_url=args.judge_url,
-      model=args.judge_model,
-      connect_timeout=args.judge_connect_timeout,
-      read_timeout=args.judge_read_timeout,
-      total_timeout=args.judge_total_timeout,
-      retries=args.judge_retries,
-      max_response_bytes=args.judge_max_bytes,
-    )
+    try:
+      judge = evals.make_judge(
+        "llm",
+        base_url=args.judge_url,
+        model=args.judge_model,
+        connect_timeout=args.judge_connect_timeout,
+        read_timeout=args.judge_read_timeout,
+        total_timeout=args.judge_total_timeout,
+        retries=args.judge_retries,
+        max_response_bytes=args.judge_max_bytes,
+        backend=args.judge_backend,
+      )
+    except ImportError as e:  # --judge-backend openai without the openai package
+      raise CLIError(f"--judge-backend: {e}") from None
   else:
     judge = evals.make_judge("rule")
   if args.caa_vectors and not args.vectors:

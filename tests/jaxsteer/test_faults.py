@@ -10,6 +10,7 @@ import json
 import pickle
 import socket
 import struct
+import sys
 import threading
 import time
 import zipfile
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from jaxsteer import evals
-from jaxsteer._src.evals import judges
+from jaxsteer._src.evals.judges import client as judge_client
 from jaxsteer._src.models import loading
 from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint, SafetensorsFile
 
@@ -115,22 +116,39 @@ def chat(content="Rating: 4"):
 def sleeps(monkeypatch):
   """Records the judge client's back-off sleeps instead of sleeping."""
   got = []
-  monkeypatch.setattr(judges.time, "sleep", got.append)
+  monkeypatch.setattr(judge_client.time, "sleep", got.append)
   return got
+
+
+@pytest.fixture(params=["http", "openai"])
+def backend(request):
+  """Each judge client backend: the standard library's, and the openai client's (skipped when the
+  optional ``openai`` package is missing; the ``test`` extra installs it)."""
+  if request.param == "openai":
+    pytest.importorskip("openai")
+  return request.param
+
+
+def _head(server, n, name):
+  return {k.lower(): v for k, v in server.heads[n].items()}.get(name.lower())
 
 
 # -- row 2: redirects carry no credentials ---------------------------------------------------------
 
 
-def test_judge_redirect_to_another_host_is_refused_without_sending_the_key(serve, monkeypatch):
+def test_judge_redirect_to_another_host_is_refused_without_sending_the_key(
+  serve, monkeypatch, backend
+):
   other = serve(lambda c, n, s: c.sendall(reply(200, chat("Rating: 6"))))
   target = f"http://localhost:{other.port}/v1/chat/completions"
   first = serve(lambda c, n, s: c.sendall(reply(302, b"", [f"Location: {target}"])))
   monkeypatch.setenv("JUDGE_KEY", "sk-secret")
-  complete = evals.openai_complete(first.url, "m", api_key_env="JUDGE_KEY", retries=2)
+  complete = evals.openai_complete(
+    first.url, "m", api_key_env="JUDGE_KEY", retries=2, backend=backend
+  )
   with pytest.raises(RuntimeError, match="302 redirecting.*not followed"):
     complete("hi")
-  assert first.heads[0]["Authorization"] == "Bearer sk-secret"
+  assert _head(first, 0, "Authorization") == "Bearer sk-secret"
   assert len(first.heads) == 1  # a redirect is not retried
   assert other.heads == []  # nothing, so no key, reached the other host
 
@@ -146,15 +164,17 @@ def test_judge_url_must_be_http(monkeypatch):
 # -- row 3: timeouts, bounded retries, Retry-After, size cap ------------------------------------
 
 
-def test_judge_silent_server_times_out(serve, sleeps):
+def test_judge_silent_server_times_out(serve, sleeps, backend):
   silent = serve(lambda c, n, s: s.stop.wait(10))  # reads the request, never answers
-  complete = evals.openai_complete(silent.url, "m", read_timeout=0.3, retries=1, backoff=0.01)
+  complete = evals.openai_complete(
+    silent.url, "m", read_timeout=0.3, retries=1, backoff=0.01, backend=backend
+  )
   with pytest.raises(RuntimeError, match="cannot reach judge endpoint.*timed out"):
     complete("hi")
   assert len(silent.heads) == 2 and sleeps == [0.01]  # one retry after the back-off
 
 
-def test_judge_trickling_server_hits_the_total_timeout(serve):
+def test_judge_trickling_server_hits_the_total_timeout(serve, backend):
   def trickle(conn, n, s):
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
     while not s.stop.is_set():  # one byte every 0.1 s: never silent for read_timeout
@@ -162,13 +182,15 @@ def test_judge_trickling_server_hits_the_total_timeout(serve):
       time.sleep(0.1)
 
   srv = serve(trickle)
-  complete = evals.openai_complete(srv.url, "m", read_timeout=5, total_timeout=1.0, retries=3)
+  complete = evals.openai_complete(
+    srv.url, "m", read_timeout=5, total_timeout=1.0, retries=3, backend=backend
+  )
   with pytest.raises(RuntimeError, match="total timeout"):
     complete("hi")
   assert len(srv.heads) == 1  # the total budget is spent: no retry
 
 
-def test_judge_retries_are_bounded_and_honour_retry_after(serve, sleeps):
+def test_judge_retries_are_bounded_and_honour_retry_after(serve, sleeps, backend):
   def busy_then_ok(conn, n, s):
     if n == 0:
       conn.sendall(reply(429, b"slow down", ["Retry-After: 2"]))
@@ -176,24 +198,24 @@ def test_judge_retries_are_bounded_and_honour_retry_after(serve, sleeps):
       conn.sendall(reply(200, chat("Rating: 5")))
 
   srv = serve(busy_then_ok)
-  complete = evals.openai_complete(srv.url, "m", retries=2, backoff=0.5)
+  complete = evals.openai_complete(srv.url, "m", retries=2, backoff=0.5, backend=backend)
   assert complete("hi") == "Rating: 5"
   assert sleeps == [2.0]  # the server's Retry-After, not the back-off
   down = serve(lambda c, n, s: c.sendall(reply(503, b"down")))
   sleeps.clear()
   with pytest.raises(RuntimeError, match=r"HTTP 503: down \(attempt 3 of 3\)"):
-    evals.openai_complete(down.url, "m", retries=2, backoff=0.5)("hi")
+    evals.openai_complete(down.url, "m", retries=2, backoff=0.5, backend=backend)("hi")
   assert len(down.heads) == 3 and sleeps == [0.5, 1.0]
   late = serve(lambda c, n, s: c.sendall(reply(429, b"", ["Retry-After: 3600"])))
   with pytest.raises(RuntimeError, match="would pass the total timeout"):
-    evals.openai_complete(late.url, "m", retries=2, total_timeout=30)("hi")
+    evals.openai_complete(late.url, "m", retries=2, total_timeout=30, backend=backend)("hi")
   assert len(late.heads) == 1
 
 
-def test_judge_reply_size_is_capped(serve):
+def test_judge_reply_size_is_capped(serve, backend):
   big = serve(lambda c, n, s: c.sendall(reply(200, chat("x" * 5000))))
   with pytest.raises(RuntimeError, match="over the cap of 1000"):
-    evals.openai_complete(big.url, "m", max_response_bytes=1000)("hi")
+    evals.openai_complete(big.url, "m", max_response_bytes=1000, backend=backend)("hi")
 
   def unsized(conn, n, s):  # no Content-Length: read until close, still capped
     conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"y" * 5000)
@@ -201,7 +223,7 @@ def test_judge_reply_size_is_capped(serve):
 
   srv = serve(unsized)
   with pytest.raises(RuntimeError, match="over the cap of 1000"):
-    evals.openai_complete(srv.url, "m", max_response_bytes=1000)("hi")
+    evals.openai_complete(srv.url, "m", max_response_bytes=1000, backend=backend)("hi")
 
 
 # -- row 4: generations saved before judging, judging resumable, per-item errors ----------------
@@ -404,7 +426,7 @@ def test_overlong_prompt_is_refused_before_tokenising(stories260k):
 
 
 def test_cli_eval_keeps_generations_records_judge_errors_and_resumes(
-  serve, monkeypatch, tmp_path, capsys
+  serve, monkeypatch, tmp_path, capsys, backend
 ):
   """Row 4 through ``python -m jaxsteer eval mmhal``: a failing judge loses no generation, its
   errors are recorded per item, and the same command resumes (a fake VLM: no compute)."""
@@ -447,7 +469,7 @@ def test_cli_eval_keeps_generations_records_judge_errors_and_resumes(
   out = tmp_path / "report.json"
   argv = ["eval", "mmhal", "--model", "fake", "--data", mm, "--judge", "llm", "--judge-url"]
   argv += [srv.url, "--judge-model", "j", "--judge-retries", "0", "--no-progress"]
-  argv = [str(a) for a in argv]
+  argv = [str(a) for a in [*argv, "--judge-backend", backend]]
   assert cli.main([*argv, "--out", str(out)]) == 0
   cap = capsys.readouterr()
   res = json.loads(cap.out)
@@ -465,3 +487,21 @@ def test_cli_eval_keeps_generations_records_judge_errors_and_resumes(
   assert cli.main(argv) == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and "HTTP 503" in lines[0]
+
+
+def test_cli_judge_backend_openai_without_the_package_is_one_line(monkeypatch, tmp_path, capsys):
+  from jaxsteer._src import cli
+
+  monkeypatch.setitem(sys.modules, "openai", None)  # as if not installed: import openai fails
+  argv = ["eval", "mmhal", "--model", "fake", "--data", str(tmp_path), "--judge", "llm"]
+  argv += [
+    "--judge-url",
+    "http://127.0.0.1:9/v1",
+    "--judge-model",
+    "j",
+    "--judge-backend",
+    "openai",
+  ]
+  assert cli.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and "--judge-backend" in lines[0] and "pip install" in lines[0]

@@ -24,7 +24,6 @@ images in ``images/`` next to it. An item's image is the file named like the las
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import urllib.parse
 from collections.abc import Mapping, Sequence
@@ -32,16 +31,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxsteer._src.evals.judges import (
-  EvalLog,
-  GenerateFn,
-  JudgeRunner,
-  generate_responses,
-  judge_name,
-  make_judge,
-  open_image,
-  save_json,
-)
+from jaxsteer._src.evals.io import open_image, read_json, save_json
+from jaxsteer._src.evals.judges.harness import EvalLog, GenerateFn, JudgeRunner, generate_responses
+from jaxsteer._src.evals.judges.registry import judge_name, make_judge
 
 MMHAL_REPO = "Shengcao1006/MMHal-Bench"
 MMHAL_FILE = "response_template.json"
@@ -121,10 +113,7 @@ def load_mmhal(
     raise FileNotFoundError(
       f"MMHal-Bench image directory not found: {image_dir} (for {path}; pass image_dir=...)"
     )
-  try:
-    rows = json.loads(path.read_text(encoding="utf-8-sig"))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
+  rows = read_json(path)
   if not isinstance(rows, list):
     raise ValueError(
       f"{path}: expected a JSON list of MMHal-Bench items, got {type(rows).__name__}"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 import pathlib
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -38,17 +37,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxsteer._src.evals.judges import (
-  EvalLog,
-  GenerateFn,
-  JudgeRunner,
-  decode_image,
-  generate_responses,
-  judge_name,
-  make_judge,
-  open_image,
-  save_json,
-)
+from jaxsteer._src.evals.io import decode_image, open_image, read_json, read_jsonl, save_json
+from jaxsteer._src.evals.judges.harness import EvalLog, GenerateFn, JudgeRunner, generate_responses
+from jaxsteer._src.evals.judges.registry import judge_name, make_judge
 
 SPAVL_REPO = "sqrti/SPA-VL"
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
@@ -112,20 +103,9 @@ def _read_rows(path: pathlib.Path) -> list[Any]:
         f"`pip install pyarrow`, or convert the file to JSONL"
       ) from None
     return pq.read_table(path).to_pylist()
-  text = path.read_text(encoding="utf-8-sig")
   if path.suffix == ".jsonl":
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path} line {n} is not valid JSON: {e}") from None
-    return rows
-  try:
-    rows = json.loads(text)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from None
+    return read_jsonl(path)
+  rows = read_json(path)
   if not isinstance(rows, list):
     raise ValueError(f"{path}: expected a JSON list of rows, got {type(rows).__name__}")
   return rows
