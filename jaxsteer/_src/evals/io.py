@@ -1,12 +1,12 @@
-"""File IO shared by the evaluations: JSON and JSONL reading, atomic JSON writes, the append-only
-JSONL log lines of ``EvalLog``, and image decoding for the VLM benchmarks.
+"""File IO shared by the evaluations: JSON and JSONL reading, atomic JSON writes and the
+append-only JSONL log lines of ``EvalLog``.
 
-Writes go through the library's one atomic-write helper (``jaxsteer._src.fileio``).
+Writes go through the library's one atomic-write helper (``jaxsteer._src.fileio``); images are
+read by the library's one image loader (``jaxsteer._src.images``: ``decode_image``, ``open_image``).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pathlib
@@ -16,8 +16,6 @@ from jaxsteer._src.fileio import atomic_write_json
 
 __all__ = [
   "append_jsonl",
-  "decode_image",
-  "open_image",
   "read_json",
   "read_jsonl",
   "save_json",
@@ -83,32 +81,3 @@ def save_json(obj: Any, path) -> pathlib.Path:
   ``obj`` may be anything ``json`` serialises or an object with a ``to_dict()`` method.
   """
   return atomic_write_json(path, obj)
-
-
-def decode_image(data: bytes, where: str):
-  """Decodes image bytes to an RGB ``PIL.Image``; ``where`` names the source in errors.
-
-  Raises:
-    ValueError: the bytes are not an image PIL can decode.
-  """
-  from PIL import Image, UnidentifiedImageError
-
-  try:
-    img = Image.open(io.BytesIO(data))
-    img.load()
-  except (UnidentifiedImageError, OSError, SyntaxError) as e:
-    raise ValueError(f"{where}: cannot decode image ({type(e).__name__}: {e})") from None
-  return img.convert("RGB")
-
-
-def open_image(path, where: str | None = None):
-  """Reads an image file to an RGB ``PIL.Image``.
-
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: the file is not an image PIL can decode (the message names the file).
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{where + ': ' if where else ''}image file not found: {path}")
-  return decode_image(path.read_bytes(), f"{where + ': ' if where else ''}{path}")

@@ -31,9 +31,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxsteer._src.evals.io import open_image, read_json, save_json
+from jaxsteer._src.evals.io import read_json, save_json
 from jaxsteer._src.evals.judges.harness import EvalLog, GenerateFn, JudgeRunner, generate_responses
 from jaxsteer._src.evals.judges.registry import judge_name, make_judge
+from jaxsteer._src.images import open_image
 
 MMHAL_REPO = "Shengcao1006/MMHal-Bench"
 MMHAL_FILE = "response_template.json"

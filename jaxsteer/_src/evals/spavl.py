@@ -37,9 +37,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxsteer._src.evals.io import decode_image, open_image, read_json, read_jsonl, save_json
+from jaxsteer._src.evals.io import read_json, read_jsonl, save_json
 from jaxsteer._src.evals.judges.harness import EvalLog, GenerateFn, JudgeRunner, generate_responses
 from jaxsteer._src.evals.judges.registry import judge_name, make_judge
+from jaxsteer._src.images import decode_image, open_image
 
 SPAVL_REPO = "sqrti/SPA-VL"
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")

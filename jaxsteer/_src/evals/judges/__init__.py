@@ -26,7 +26,8 @@ harmless of two answers). This package holds what both benchmarks share, one con
   ``chat_prompt``/``generate``; ``generate_responses`` runs one over a dataset with a tqdm bar;
   ``EvalLog`` and ``JudgeRunner`` make a run resumable.
 
-* File IO (``save_json``, image decoding) lives in ``jaxsteer._src.evals.io``.
+* File IO: ``save_json`` in ``jaxsteer._src.evals.io``; ``decode_image``/``open_image`` (re-exported
+  here) are the library's one image loader, ``jaxsteer._src.images``.
 
   >>> from jaxsteer import evals
   >>> judge = evals.make_judge("rule")
@@ -37,8 +38,6 @@ harmless of two answers). This package holds what both benchmarks share, one con
   >>> gen("What is in the image?", pil_image)  # doctest: +SKIP
 """
 
-from jaxsteer._src.evals.io import decode_image as decode_image
-from jaxsteer._src.evals.io import open_image as open_image
 from jaxsteer._src.evals.io import save_json as save_json
 from jaxsteer._src.evals.judges.backends import COMPLETE_BACKENDS as COMPLETE_BACKENDS
 from jaxsteer._src.evals.judges.backends import openai_complete as openai_complete
@@ -68,6 +67,8 @@ from jaxsteer._src.evals.judges.registry import judge_name as judge_name
 from jaxsteer._src.evals.judges.registry import make_judge as make_judge
 from jaxsteer._src.evals.judges.rule import RuleJudge as RuleJudge
 from jaxsteer._src.evals.judges.rule import content_words as content_words
+from jaxsteer._src.images import decode_image as decode_image  # the one image loader
+from jaxsteer._src.images import open_image as open_image
 
 __all__ = [
   "COMPLETE_BACKENDS",
