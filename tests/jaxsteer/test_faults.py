@@ -6,6 +6,7 @@ seconds (the client's timeouts bound it) and answers a bounded number of request
 """
 
 import contextlib
+import gzip
 import json
 import pickle
 import socket
@@ -224,6 +225,11 @@ def test_judge_reply_size_is_capped(serve, backend):
   srv = serve(unsized)
   with pytest.raises(RuntimeError, match="over the cap of 1000"):
     evals.openai_complete(srv.url, "m", max_response_bytes=1000, backend=backend)("hi")
+  # a compressed body (never asked for) would be counted before it inflates: refused
+  zipped = gzip.compress(chat("z" * 50_000))
+  gz = serve(lambda c, n, s: c.sendall(reply(200, zipped, ["Content-Encoding: gzip"])))
+  with pytest.raises(RuntimeError, match="gzip'-encoded reply|without choices"):
+    evals.openai_complete(gz.url, "m", max_response_bytes=1000, backend=backend)("hi")
 
 
 # -- row 4: generations saved before judging, judging resumable, per-item errors ----------------

@@ -5,8 +5,8 @@ The SDK builds and sends the request; the limits are this library's, the same as
 backend's: the SDK's own retries are off (``max_retries=0``) and ``client.call_with_retries`` retries
 instead, under one total deadline; redirects are not followed; proxies from the environment are
 not used; the reply is read through a transport that refuses more than ``max_response_bytes``
-(announced or streamed, error bodies included; no compression is accepted, so the cap counts what
-is decoded) and, once the reply's headers are in, shuts the socket down when the total time runs
+(announced or streamed, error bodies included; a compressed reply is refused, so the cap counts
+what is parsed) and, once the reply's headers are in, shuts the socket down when the total time runs
 out (a trickling server). Waiting for the headers is bounded by the connect and read timeouts,
 each at most the time left. The key is read from ``api_key_env`` at each call; without one no
 ``Authorization`` header is sent (the SDK itself would fall back to ``OPENAI_API_KEY``).
@@ -115,6 +115,10 @@ def _transport_classes(hx_name: str):
       except Exception:  # a transport without the extension: the per-chunk deadline check remains
         sock = None
       self.att.watch(sock)
+      encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+      if encoding not in ("", "identity"):  # asked for identity: a compressed body could inflate
+        resp.close()  # past the cap after it is counted
+        raise _Refused(AttemptFailure(f"sent a {encoding!r}-encoded reply (asked for none)", False))
       length = resp.headers.get("content-length")
       cap = self.att.cap
       if length is not None and length.strip().isdigit() and int(length) > cap:
