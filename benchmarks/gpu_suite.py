@@ -269,12 +269,12 @@ def bench_lstm(s: Shapes) -> dict:
   tc = train_lib.TrainConfig(batch_size=s.lstm_batch, bptt=s.lstm_bptt)
   params, anchors = train_lib.init_train_state(model, rc, tc, jax.random.key(0))
   tx, step = train_lib.make_train_step(model, rc, tc, 10**6)
-  state = [params, tx.init(params)]
-  key, lr, eta = jax.random.key(1), jnp.float32(1.0), jnp.float32(0.0)
+  state = [params, train_lib.with_learning_rate(tx.init(params), 1.0)]
+  key, eta = jax.random.key(1), jnp.float32(0.0)
 
   def jax_step():
     h = recoder.zero_state(cfg, s.lstm_batch)
-    out = step(state[0], state[1], anchors, h, x, y, key, lr, eta)
+    out = step(state[0], state[1], anchors, h, x, y, key, eta)
     state[0], state[1] = out[0], out[1]
     jax.block_until_ready(out[3])
 

@@ -51,12 +51,12 @@ def _bench_variant(model, cfg, name, a, x, y):
   if not (a.train and name in ("none", "surprisal", "entropy")):
     return ev_res, None
   tx, step = train_lib.make_train_step(model, rc, tc, 10**6)
-  lr = jnp.float32(1.0)
 
   def one():  # the train step donates its inputs: give it fresh copies every call
     fresh = jax.tree_util.tree_map(jnp.array, params)
     hid = recoder.zero_state(cfg, a.batch_size)
-    return step(fresh, tx.init(fresh), anchors, hid, x, y, key, lr, eta)[3]
+    opt = train_lib.with_learning_rate(tx.init(fresh), 1.0)
+    return step(fresh, opt, anchors, hid, x, y, key, eta)[3]
 
   c, s = _time(one, a.iters)
   return ev_res, {"compile_s": c, "step_s": s, "tokens_per_s": tokens / s}

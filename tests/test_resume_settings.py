@@ -33,9 +33,9 @@ def test_recoder_resume_refuses_changed_settings_and_survives_a_torn_checkpoint(
   base += ["--no-progress"]
 
   def train(*extra):
-    return train_lib.train(train_lib.build_parser().parse_args([*base, *extra]))
+    return train_lib.train_from_argv([*base, *extra])
 
-  assert train("--max-steps", "2")["global_step"] == 2
+  assert train("--max-steps", "2").global_step == 2
   config = (out / "config.json").read_text()
   with pytest.raises(ValueError, match=r"other settings \(--lr 20\.0 -> 5\.0\).*--override"):
     train("--max-steps", "3", "--lr", "5")
@@ -46,7 +46,7 @@ def test_recoder_resume_refuses_changed_settings_and_survives_a_torn_checkpoint(
   _tear(out / "ckpt", 2)
   with pytest.warns(train_lib.CheckpointWarning, match="step 2 .* damaged.*falling back to step 1"):
     got = train("--max-steps", "3", "--lr", "5", "--override-settings")
-  assert got["global_step"] == 3  # resumed from step 1, trained steps 2 and 3
+  assert got.global_step == 3  # resumed from step 1, trained steps 2 and 3
   assert '"lr": 5.0' in (out / "config.json").read_text()
 
 

@@ -32,6 +32,7 @@ import recoder
 from experiments import stats
 from experiments.recoder.config import Config
 from experiments.report import sanitize
+from jaxsteer._src.fileio import atomic_path, atomic_write_json
 from recoder._src import evaluate as evaluate_lib
 from recoder._src import train as train_lib
 
@@ -72,12 +73,6 @@ QUICK_VARIANTS = (
   "mc_entropy:0.5:S=5",
   "mc_variance:5:S=5",
 )
-
-
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 _PAD = 20
@@ -134,10 +129,9 @@ def plot_garden_paths(model, params, vocab, variants, path: pathlib.Path) -> dic
   axes.ravel()[0].legend(fontsize=7)
   fig.suptitle("Per-token surprisal with and without recoding (garden-path sentences)")
   fig.tight_layout()
-  tmp = path.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=110)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
-  os.replace(tmp, path)
   return data
 
 
@@ -172,11 +166,9 @@ def _train_runs(out_dir, ptb, cfg: Config, seed: int) -> dict:
   for name in [r for r in runs if r in cfg.runs]:
     run_dir = out_dir / f"seed{seed}" / name
     t0 = time.perf_counter()
-    s = train_lib.train(
-      train_lib.build_parser().parse_args([*common, "--out", str(run_dir), *runs[name]])
-    )
+    s = train_lib.train_from_argv([*common, "--out", str(run_dir), *runs[name]])
     out[name] = {
-      "valid_ppl": s["valid_ppl"], "test_ppl": s["test_ppl"], "wall_s": time.perf_counter() - t0,
+      "valid_ppl": s.valid_ppl, "test_ppl": s.test_ppl, "wall_s": time.perf_counter() - t0,
       "run_dir": run_dir,
     }  # fmt: skip
   return out
@@ -451,10 +443,9 @@ def plot_variants(ppl: dict[str, float], path: pathlib.Path) -> None:
   ax.set_title("recoding variants (baseline model)")
   ax.tick_params(axis="x", rotation=25, labelsize=8)
   fig.tight_layout()
-  tmp = path.with_suffix(".tmp.png")
-  fig.savefig(tmp, dpi=110)
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 NO_CI = (
@@ -519,7 +510,7 @@ def run(
     "config": dataclasses.asdict(cfg),
   }
   summary = sanitize(summary)
-  _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2))
+  atomic_write_json(out_dir / "summary.json", summary)
   return summary
 
 

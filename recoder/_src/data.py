@@ -39,10 +39,15 @@ class Vocab:
 
 @dataclasses.dataclass(frozen=True)
 class Corpus:
+  """Id streams of the three splits; ``directory`` and ``prefix`` say where they were read from
+  (``None`` for a corpus built in memory)."""
+
   vocab: Vocab
   train: np.ndarray
   valid: np.ndarray
   test: np.ndarray
+  directory: str | None = None
+  prefix: str | None = None
 
 
 def read_tokens(path: str | pathlib.Path) -> list[str]:
@@ -88,6 +93,8 @@ def load_corpus(directory: str | pathlib.Path, *, prefix: str = "ptb.") -> Corpu
     train=encode(train_tok, vocab),
     valid=encode(read_tokens(directory / f"{prefix}valid.txt"), vocab),
     test=encode(read_tokens(directory / f"{prefix}test.txt"), vocab),
+    directory=str(directory.resolve()),
+    prefix=prefix,
   )
 
 

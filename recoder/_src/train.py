@@ -4,10 +4,20 @@ Reference settings (Ulmer's code; Zaremba et al. 2014; PyTorch word_language_mod
 gradient clipping 0.25 (global norm), BPTT 35, learning rate / 4 after an epoch whose validation
 perplexity does not improve. Adam is available with ``--optimizer adam``.
 
+The learning rate is an ``optax.inject_hyperparams`` hyper-parameter of the optimizer, so it lives
+in the optimizer state and is checkpointed with it; after every epoch a ``PlateauRule`` (state
+``PlateauState``, checkpointed too) reads the validation perplexity and multiplies it by
+``lr_decay`` when the perplexity did not improve (or, with ``decay_start``, after every epoch from
+that one on). A run interrupted after any step and resumed equals the uninterrupted run.
+
 Usage::
 
   python -m recoder.train --data /work/shared/data/ptb --out runs/ptb_small \
       --emb 200 --hidden 200 --layers 2 --dropout 0.2 --tied --epochs 6 --batch-size 20
+
+  # or from Python
+  config = TrainConfig(model=ModelConfig(emb=200, hidden=200, tied=True), epochs=6, batch_size=20)
+  summary = train(config, recoder.load_corpus("/work/shared/data/ptb"), "runs/ptb_small")
 """
 
 from __future__ import annotations
@@ -16,11 +26,11 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import sys
 import time
-import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,77 +39,71 @@ import optax
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from jaxsteer._src.fileio import atomic_write_json
 from recoder._src import data as data_lib
+from recoder._src.checkpoints import (
+  CHECKPOINT_FORMAT,
+  SHAPE_SETTINGS,
+  CheckpointWarning,
+  check_format,
+  check_resume_settings,
+  newest_meta,
+  open_managers,
+  restore_latest_intact,
+  restore_params,
+  save_checkpoint,
+)
 from recoder._src.model import (
   LSTMLM,
-  LMConfig,
   check_token_ids,
   init_params,
   lm_forward,
   zero_state,
 )
 from recoder._src.recode import RecodingConfig, init_step_params
+from recoder._src.schedule import (
+  PlateauRule,
+  PlateauState,
+  learning_rate,
+  make_optimizer,
+  with_learning_rate,
+)
+from recoder._src.train_config import ModelConfig, RunOptions, Summary, TrainConfig
 
 __all__ = [
+  "CHECKPOINT_FORMAT",
+  "SHAPE_SETTINGS",
+  "check_resume_settings",
+  "CheckpointWarning",
+  "ModelConfig",
+  "PlateauRule",
+  "PlateauState",
+  "Run",
+  "RunOptions",
+  "Summary",
   "TrainConfig",
   "build_parser",
   "cli",
+  "config_from_args",
+  "end_epoch",
+  "finish",
+  "init_state",
+  "learning_rate",
   "main",
-  "train",
-  "make_train_step",
   "make_eval_step",
+  "make_optimizer",
+  "make_train_step",
+  "prepare",
   "restore_latest_intact",
-  "CheckpointWarning",
+  "restore_params",
+  "resume",
+  "train",
+  "train_epoch",
+  "train_from_argv",
+  "with_learning_rate",
 ]
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Optimisation settings (static)."""
-
-  optimizer: str = "sgd"
-  lr: float = 20.0
-  clip: float = 0.25
-  weight_decay: float = 0.0
-  lr_decay: float = 0.25
-  decay_start: int = 0
-  bptt: int = 35
-  batch_size: int = 64
-  eval_batch_size: int = 10
-  epochs: int = 8
-  step_size: float = 0.0
-  prior_scale: float = 0.2855508637554569
-  data_noise: float = 0.1
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.optimizer not in ("sgd", "adam"):
-      raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-    if self.lr <= 0 or self.clip <= 0 or self.bptt <= 0 or self.batch_size <= 0:
-      raise ValueError("lr, clip, bptt and batch_size must be positive")
-    if not 0 <= self.weight_decay < 1:
-      # The author's ensemble config has 4.815e-0 (a typo for 4.815e-05); refuse such values.
-      raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay}")
-    if self.step_size < 0 or not math.isfinite(self.step_size):
-      raise ValueError(f"step size must be finite and non-negative, got {self.step_size}")
-
-
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-  """clip -> weight decay (LM params only) -> (Adam scaling); the learning rate is applied
-  outside so that it can change without recompiling."""
-
-  def decay_mask(p):
-    return {
-      "lm": jax.tree_util.tree_map(lambda _: True, p["lm"]),
-      "step": jax.tree_util.tree_map(lambda _: False, p["step"]),
-    }
-
-  parts = [optax.clip_by_global_norm(tc.clip)]
-  if tc.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(tc.weight_decay, mask=decay_mask))
-  if tc.optimizer == "adam":
-    parts.append(optax.scale_by_adam())
-  return optax.chain(*parts)
+# --- model steps --------------------------------------------------------------------------------
 
 
 def anchor_penalty(lm_params, anchors, tc: TrainConfig, n_train: int):
@@ -114,9 +118,13 @@ def anchor_penalty(lm_params, anchors, tc: TrainConfig, n_train: int):
 
 
 def make_train_step(model, rc: RecodingConfig, tc: TrainConfig, n_train: int):
+  """``(tx, step)``: the optimizer and the jitted
+  ``step(params, opt_state, anchors, hidden, x, y, key, step_size) -> (params, opt_state, hidden,
+  nll)`` (the learning rate is read from ``opt_state``; params, opt_state and hidden are donated).
+  """
   tx = make_optimizer(tc)
 
-  def train_step(params, opt_state, anchors, hidden, x, y, key, lr, step_size):
+  def train_step(params, opt_state, anchors, hidden, x, y, key, step_size):
     def loss_fn(p):
       out = lm_forward(
         model,
@@ -135,7 +143,7 @@ def make_train_step(model, rc: RecodingConfig, tc: TrainConfig, n_train: int):
 
     (_, (nll, new_hidden)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = jax.tree_util.tree_map(lambda p, u: p - lr * u, params, updates)
+    params = optax.apply_updates(params, updates)
     return params, opt_state, jax.lax.stop_gradient(new_hidden), nll
 
   return tx, jax.jit(train_step, donate_argnums=(0, 1, 3))
@@ -164,7 +172,7 @@ def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, 
   """Perplexity of a 1-d id stream cut into ``batch_size`` streams (state carried over).
 
   Every window has length ``bptt`` (the last one is padded and masked), so ``eval_step``
-  compiles once.
+  compiles once. Raises ``FloatingPointError`` when the NLL is not finite (a diverged model).
   """
   check_token_ids(ids, model.cfg.vocab_size)
   streams = data_lib.batchify(ids, batch_size)
@@ -180,10 +188,348 @@ def evaluate_ids(eval_step, model, params, ids, *, batch_size, bptt, step_size, 
     nll, hidden = eval_step(params, hidden, x, y, jax.random.fold_in(key, i), step_size)
     total += float(jnp.sum(nll[:, :t]))
     count += t * x.shape[0]
+  if not math.isfinite(total):
+    raise FloatingPointError(f"non-finite NLL ({total}) over {count} tokens: the model diverged")
   return math.exp(total / count), count
 
 
-# ---------------------------------------------------------------------------------------------
+def init_train_state(model, rc, tc, key):
+  """``(params, anchors)``: fresh parameters ``{"lm", "step"}`` and the ensemble's anchors."""
+  k_lm, k_step, k_anchor = jax.random.split(key, 3)
+  lm = init_params(model, k_lm)
+  cfg = model.cfg
+  anchors = {}
+  if cfg.num_members > 1:
+    std = math.sqrt(tc.prior_scale)
+    ka, kb = jax.random.split(k_anchor)
+    anchors = {
+      "decoder_w": std * jax.random.normal(ka, lm["decoder_w"].shape),
+      "decoder_b": std * jax.random.normal(kb, lm["decoder_b"].shape),
+    }
+    # Members start at their anchors (Pearce et al. 2018); copies, since params are donated.
+    lm = {**lm, **jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), anchors)}
+  params = {"lm": lm, "step": init_step_params(k_step, rc, cfg.num_layers, cfg.hidden_dim)}
+  return params, anchors
+
+
+# --- run settings and checkpoints ---------------------------------------------------------------
+
+
+def run_settings(config: TrainConfig, corpus: data_lib.Corpus) -> dict:
+  """The run's settings, flat and keyed by CLI flag name (JSON-able; stored with checkpoints)."""
+  out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+  out.update(dataclasses.asdict(out.pop("model")), **dataclasses.asdict(out.pop("recoding")))
+  out["prefix"] = corpus.prefix
+  return json.loads(json.dumps(dict(sorted(out.items()))))  # tuples -> lists, as when stored
+
+
+# --- the training run, step by step -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What stays fixed during one ``train`` call (built by ``prepare``; writes nothing)."""
+
+  config: TrainConfig
+  options: RunOptions
+  out: pathlib.Path
+  corpus: data_lib.Corpus
+  model: LSTMLM
+  streams: np.ndarray  # (batch_size, N) training streams
+  n_batches: int
+  valid: np.ndarray
+  test: np.ndarray
+  train_step: Any
+  eval_step: Any
+  tx: optax.GradientTransformation
+  rule: PlateauRule
+  settings: dict
+  key: jax.Array  # the run's root key: initialisation, and folded with the step for dropout
+
+  def evaluate(self, params, ids, desc=None) -> float:
+    c = self.config
+    return evaluate_ids(
+      self.eval_step,
+      self.model,
+      params,
+      ids,
+      batch_size=c.eval_batch_size,
+      bptt=c.bptt,
+      step_size=jnp.float32(c.step_size),
+      key=jax.random.key(c.seed + 1),
+      desc=desc if self.options.progress else None,
+    )[0]
+
+
+def _prefix(ids, n):
+  return ids[:n] if n > 0 else ids
+
+
+def prepare(config: TrainConfig, corpus, out, options: RunOptions | None = None) -> Run:
+  """Checks the data against the settings and builds the model and steps; writes nothing."""
+  options = RunOptions() if options is None else options
+  lm_cfg = config.model.lm_config(corpus.vocab.size)
+  model = LSTMLM(lm_cfg)
+  train_ids = _prefix(corpus.train, config.max_train_tokens)
+  check_token_ids(train_ids, lm_cfg.vocab_size, "training ids")
+  streams = data_lib.batchify(train_ids, config.batch_size)
+  tx, train_step = make_train_step(model, config.recoding, config, int(train_ids.shape[0]))
+  return Run(
+    config=config,
+    options=options,
+    out=pathlib.Path(out).resolve(),
+    corpus=corpus,
+    model=model,
+    streams=streams,
+    n_batches=data_lib.num_bptt_batches(streams, config.bptt, drop_last=True),
+    valid=_prefix(corpus.valid, config.max_eval_tokens),
+    test=_prefix(corpus.test, config.max_eval_tokens),
+    train_step=train_step,
+    eval_step=make_eval_step(model, config.recoding),
+    tx=tx,
+    rule=PlateauRule.from_config(config),
+    settings=run_settings(config, corpus),
+    key=jax.random.key(config.seed),
+  )
+
+
+def init_state(run: Run) -> tuple[dict, dict]:
+  """``(state, meta)`` of a fresh run: state = params, opt_state (with the learning rate),
+  plateau, hidden, anchors (device arrays; plateau on the host); meta = JSON progress record."""
+  params, anchors = init_train_state(run.model, run.config.recoding, run.config, run.key)
+  state = {
+    "params": params,
+    "opt_state": with_learning_rate(run.tx.init(params), run.config.lr),
+    "plateau": run.rule.init(),
+    "hidden": zero_state(run.model.cfg, run.config.batch_size),
+    "anchors": anchors,
+  }
+  meta = {
+    "format": CHECKPOINT_FORMAT,
+    "global_step": 0,
+    "epoch": 0,
+    "batch": 0,
+    "history": [],
+    "train_seconds": 0.0,
+    "train_tokens": 0,
+    "settings": run.settings,
+  }
+  return state, meta
+
+
+def _on_device(state: dict) -> dict:
+  return {
+    k: v if k == "plateau" else jax.tree_util.tree_map(jnp.asarray, v) for k, v in state.items()
+  }
+
+
+def resume(run: Run, mngr, state: dict, meta: dict) -> tuple[dict, dict]:
+  """Restores the newest intact checkpoint of ``mngr`` into ``(state, meta)`` (unchanged when
+  there is none) and writes ``config.json``.
+
+  Before anything is written: a checkpoint of another format, or with other settings (unless
+  ``options.override_settings``; never shape settings), raises ``ValueError``. An overridden
+  ``lr`` restarts the schedule from the new value; the plateau's best value is kept.
+  """
+  where = run.out / "ckpt"
+  changed = []
+  if mngr.all_steps():
+    stored = newest_meta(mngr)
+    if stored is not None:
+      check_format(stored, where)
+      changed = check_resume_settings(
+        stored.get("settings", {}),
+        run.settings,
+        override=run.options.override_settings,
+        where=where,
+      )
+      if changed:
+        print(f"warning: resuming {run.out} with changed settings {changed}", file=sys.stderr)
+  save_run_config(run)
+  like = jax.tree_util.tree_map(np.asarray, state)
+
+  def restore(step):
+    return mngr.restore(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()),
+    )
+
+  latest, restored = restore_latest_intact(mngr, restore, where)
+  if latest is None:
+    return state, meta
+  for step in mngr.all_steps():  # damaged newer steps (warned about above)
+    if step > latest:
+      mngr.delete(step)
+  restored_meta = restored["meta"]
+  check_format(restored_meta, where)
+  state = _on_device(restored["state"])
+  state["plateau"] = PlateauState(*(np.asarray(x)[()] for x in state["plateau"]))
+  meta = {**restored_meta, "settings": run.settings}
+  print(f"resumed from step {latest} (epoch {meta['epoch']}, batch {meta['batch']})")
+  if "lr" in changed:
+    state["opt_state"] = with_learning_rate(state["opt_state"], run.config.lr)
+  return state, meta
+
+
+def train_epoch(run: Run, state: dict, meta: dict, mngr) -> tuple[dict, dict]:
+  """Trains from ``meta["batch"]`` to the end of epoch ``meta["epoch"]``, or until the global
+  step reaches ``options.max_steps``, saving to ``mngr`` every ``options.ckpt_every`` steps.
+
+  Returns ``(state, meta)``; when ``max_steps`` stopped the epoch early (``meta["batch"] <
+  run.n_batches``) that step's checkpoint is saved.
+  """
+  c, o = run.config, run.options
+  bar = tqdm(
+    total=run.n_batches,
+    initial=meta["batch"],
+    desc=f"epoch {meta['epoch'] + 1}/{c.epochs}",
+    disable=not o.progress,
+    mininterval=5.0,
+    file=sys.stderr,
+  )
+  step_size = jnp.float32(c.step_size)
+  t0, tokens = time.perf_counter(), 0
+  losses = []
+  for b, (x, y) in enumerate(data_lib.bptt_batches(run.streams, c.bptt, drop_last=True)):
+    if b < meta["batch"]:
+      continue
+    k = jax.random.fold_in(run.key, meta["global_step"] + 1)
+    p, opt, h, nll = run.train_step(
+      state["params"], state["opt_state"], state["anchors"], state["hidden"], x, y, k, step_size
+    )
+    state = {**state, "params": p, "opt_state": opt, "hidden": h}
+    meta["global_step"] += 1
+    meta["batch"] = b + 1
+    tokens += y.size
+    losses.append(nll)
+    if len(losses) >= 50 or b == run.n_batches - 1:
+      ls = float(jnp.mean(jnp.stack(losses)))
+      losses = []
+      bar.set_postfix(ppl=f"{math.exp(min(ls, 50)):.1f}", lr=f"{learning_rate(opt):.3g}")
+    bar.update(1)
+    if meta["global_step"] % o.ckpt_every == 0:
+      meta["train_seconds"] += time.perf_counter() - t0
+      meta["train_tokens"] += tokens
+      t0, tokens = time.perf_counter(), 0
+      save_checkpoint(mngr, meta["global_step"], state, meta)
+    if _reached_max_steps(run, meta):
+      break
+  bar.close()
+  meta["train_seconds"] += time.perf_counter() - t0
+  meta["train_tokens"] += tokens
+  if meta["batch"] < run.n_batches:
+    save_checkpoint(mngr, meta["global_step"], state, meta)
+  return state, meta
+
+
+def _reached_max_steps(run: Run, meta: dict) -> bool:
+  return bool(run.options.max_steps) and meta["global_step"] >= run.options.max_steps
+
+
+def end_epoch(run: Run, state: dict, meta: dict, val_ppl: float) -> tuple[dict, dict, bool]:
+  """The schedule: records the epoch, lets the plateau rule decide on ``val_ppl`` and reduces
+  the learning rate in the optimizer state. Returns ``(state, meta, improved)``."""
+  lr = learning_rate(state["opt_state"])
+  meta["history"].append(
+    {
+      "epoch": meta["epoch"] + 1,
+      "valid_ppl": val_ppl,
+      "lr": lr,  # the float32 the epoch's steps applied
+      "train_seconds": meta["train_seconds"],
+    }
+  )
+  plateau, improved, reduce = run.rule.update(state["plateau"], val_ppl)
+  state = {**state, "plateau": plateau}
+  if reduce:
+    state["opt_state"] = with_learning_rate(state["opt_state"], lr * run.rule.factor)
+  meta["epoch"] += 1
+  meta["batch"] = 0
+  return state, meta, improved
+
+
+def save_run_config(run: Run) -> None:
+  """``config.json``: the settings (``args``, as the CLI flags), the model, recoding and train
+  configs (``recoder.evaluate`` reads it)."""
+  o = run.options
+  args = {
+    **run.settings,
+    "data": run.corpus.directory,
+    "out": str(run.out),
+    "max_steps": o.max_steps,
+    "ckpt_every": o.ckpt_every,
+    "no_progress": not o.progress,
+  }
+  c = run.config
+  atomic_write_json(
+    run.out / "config.json",
+    {
+      "args": args,
+      "lm": dataclasses.asdict(run.model.cfg),
+      "recoding": dataclasses.asdict(c.recoding),
+      "train": dataclasses.asdict(c),
+    },
+  )
+
+
+def finish(run: Run, state: dict, meta: dict, best_mngr) -> Summary:
+  """The summary; when every epoch ran, the best checkpoint's validation and test perplexity
+  (also written to ``summary.json``)."""
+  summary = Summary(
+    run=str(run.out),
+    global_step=meta["global_step"],
+    history=meta["history"],
+    params=state["params"],
+  )
+  if best_mngr.latest_step() is None or meta["epoch"] < run.config.epochs:
+    return summary
+  params = restore_params(run.out)
+  summary = dataclasses.replace(
+    summary,
+    valid_ppl=run.evaluate(params, run.valid),
+    test_ppl=run.evaluate(params, run.test),
+    epochs=meta["epoch"],
+    train_seconds=meta["train_seconds"],
+    train_tokens_per_s=meta["train_tokens"] / max(meta["train_seconds"], 1e-9),
+  )
+  atomic_write_json(run.out / "summary.json", summary.to_dict())
+  print(json.dumps(summary.to_dict()), flush=True)
+  return summary
+
+
+def train(
+  config: TrainConfig, corpus: data_lib.Corpus, out, *, options: RunOptions | None = None
+) -> Summary:
+  """Runs (or resumes) training in ``out``; returns its ``Summary``.
+
+  Bad data or settings raise ``ValueError`` before anything is written. ``out`` holds
+  ``ckpt/`` (latest checkpoints), ``best/`` (best validation perplexity), ``config.json`` and,
+  once every epoch ran, ``summary.json``.
+  """
+  run = prepare(config, corpus, out, options)
+  run.out.mkdir(parents=True, exist_ok=True)
+  mngr, best_mngr = open_managers(run.out)
+  try:
+    state, meta = resume(run, mngr, *init_state(run))
+    while meta["epoch"] < config.epochs:
+      state, meta = train_epoch(run, state, meta, mngr)
+      if meta["batch"] < run.n_batches:  # stopped by max_steps within the epoch (saved)
+        break
+      # End of epoch: validate, let the schedule decide, keep the best parameters.
+      val_ppl = run.evaluate(state["params"], run.valid, desc="valid")
+      state, meta, improved = end_epoch(run, state, meta, val_ppl)
+      print(json.dumps(meta["history"][-1]), flush=True)
+      if improved:
+        save_checkpoint(best_mngr, meta["global_step"], state, meta)
+      save_checkpoint(mngr, meta["global_step"], state, meta)
+      if _reached_max_steps(run, meta):
+        break
+    return finish(run, state, meta, best_mngr)
+  finally:
+    mngr.close()
+    best_mngr.close()
+
+
+# --- command line -------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,376 +602,33 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
-# Arguments that do not change what a run computes (where it stops, how often it saves, where
-# the data lives): free to differ on resume. Every other argument is a stored run setting.
-NON_SETTINGS = frozenset(
-  {"data", "out", "max_steps", "ckpt_every", "no_progress", "override_settings"}
-)
-# Settings that fix the shapes of the stored state: a resume with others cannot work.
-SHAPE_SETTINGS = frozenset(
-  {"emb", "hidden", "layers", "tied", "members", "signal", "step_type", "batch_size", "prefix"}
-)
-
-
-def run_settings(args) -> dict:
-  """The run's settings: every argument but ``NON_SETTINGS`` (JSON-able)."""
-  return {k: v for k, v in sorted(vars(args).items()) if k not in NON_SETTINGS}
-
-
-def check_resume_settings(stored: dict, now: dict, *, override: bool, where) -> list[str]:
-  """Names of the settings that differ; raises ``ValueError`` unless they may be overridden."""
-  diff = sorted(k for k in set(stored) | set(now) if stored.get(k, "?") != now.get(k, "?"))
-  if not diff:
-    return []
-  desc = ", ".join(f"--{k.replace('_', '-')} {stored.get(k)!r} -> {now.get(k)!r}" for k in diff)
-  shape = [k for k in diff if k in SHAPE_SETTINGS]
-  if shape:
-    raise ValueError(
-      f"the checkpoint in {where} was written with other model settings ({desc}); they fix "
-      "the shapes of the saved state, so resume with the original values or use a new --out"
-    )
-  if not override:
-    raise ValueError(
-      f"the checkpoint in {where} was written with other settings ({desc}); resume with the "
-      "original values, use a new --out, or pass --override-settings"
-    )
-  return diff
-
-
-class CheckpointWarning(UserWarning):
-  """A damaged checkpoint was skipped."""
-
-
-def restore_latest_intact(mngr, restore, where) -> tuple[int | None, object]:
-  """``(step, restore(step))`` for the newest checkpoint of ``mngr`` that restores.
-
-  A damaged (torn) newer checkpoint is reported with a ``CheckpointWarning`` and deleted (the
-  library wrote it and nothing can read it); ``(None, None)`` when there is none. Raises
-  ``ValueError`` when every checkpoint is damaged.
-  """
-  steps = sorted(mngr.all_steps(), reverse=True)
-  for i, step in enumerate(steps):
-    try:
-      return step, restore(step)
-    except Exception as e:  # orbax raises many types for damaged files
-      nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "none left"
-      warnings.warn(
-        f"checkpoint step {step} in {where} is damaged ({type(e).__name__}: {str(e)[:200]}); {nxt}",
-        CheckpointWarning,
-        stacklevel=2,
-      )
-  if steps:
-    raise ValueError(f"every checkpoint in {where} (steps {steps}) is damaged; use a new --out")
-  return None, None
-
-
-def configs_from_args(args, vocab_size):
-  lm = LMConfig(
-    vocab_size=vocab_size,
-    embed_dim=args.emb,
-    hidden_dim=args.hidden,
-    num_layers=args.layers,
-    dropout=args.dropout,
-    tie_weights=args.tied,
-    num_members=args.members,
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, RunOptions]:
+  """The ``TrainConfig`` and ``RunOptions`` of parsed ``build_parser()`` arguments."""
+  fields = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+  a = vars(args)
+  model = ModelConfig(**{k: a[k] for k in fields(ModelConfig)})
+  recoding = RecodingConfig(**{k: a[k] for k in fields(RecodingConfig) if k in a})
+  flat = fields(TrainConfig) - {"model", "recoding"}
+  config = TrainConfig(model=model, recoding=recoding, **{k: a[k] for k in flat})
+  options = RunOptions(
+    max_steps=args.max_steps,
+    ckpt_every=args.ckpt_every,
+    progress=not args.no_progress,
+    override_settings=args.override_settings,
   )
-  rc = RecodingConfig(
-    signal=args.signal,
-    step_type=args.step_type,
-    num_samples=args.num_samples,
-    mc_dropout=args.mc_dropout,
-    target=args.target,
-    second_order=args.second_order,
-  )
-  tc = TrainConfig(
-    optimizer=args.optimizer,
-    lr=args.lr,
-    clip=args.clip,
-    weight_decay=args.weight_decay,
-    lr_decay=args.lr_decay,
-    decay_start=args.decay_start,
-    bptt=args.bptt,
-    batch_size=args.batch_size,
-    eval_batch_size=args.eval_batch_size,
-    epochs=args.epochs,
-    step_size=args.step_size,
-    prior_scale=args.prior_scale,
-    data_noise=args.data_noise,
-    seed=args.seed,
-  )
-  return lm, rc, tc
+  return config, options
 
 
-def _slice(ids, n):
-  return ids[:n] if n and n > 0 else ids
-
-
-def load_data(args):
+def train_from_argv(argv: Sequence[str] | None = None) -> Summary:
+  """``python -m recoder.train ARGV`` in-process: parse, build the configs, load, train."""
+  args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
+  config, options = config_from_args(args)
   corpus = data_lib.load_corpus(args.data, prefix=args.prefix)
-  return (
-    corpus,
-    _slice(corpus.train, args.max_train_tokens),
-    _slice(corpus.valid, args.max_eval_tokens),
-    _slice(corpus.test, args.max_eval_tokens),
-  )
-
-
-def init_train_state(model, rc, tc, key):
-  k_lm, k_step, k_anchor = jax.random.split(key, 3)
-  lm = init_params(model, k_lm)
-  cfg = model.cfg
-  anchors = {}
-  if cfg.num_members > 1:
-    std = math.sqrt(tc.prior_scale)
-    ka, kb = jax.random.split(k_anchor)
-    anchors = {
-      "decoder_w": std * jax.random.normal(ka, lm["decoder_w"].shape),
-      "decoder_b": std * jax.random.normal(kb, lm["decoder_b"].shape),
-    }
-    # Members start at their anchors (Pearce et al. 2018); copies, since params are donated.
-    lm = {**lm, **jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), anchors)}
-  params = {"lm": lm, "step": init_step_params(k_step, rc, cfg.num_layers, cfg.hidden_dim)}
-  return params, anchors
-
-
-def _atomic_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_suffix(path.suffix + ".tmp")
-  tmp.write_text(json.dumps(obj, indent=2))
-  os.replace(tmp, path)
-
-
-def save_run_config(out: pathlib.Path, args, lm, rc, tc):
-  _atomic_json(
-    out / "config.json",
-    {
-      "args": {k: v for k, v in vars(args).items() if k != "override_settings"},
-      "lm": dataclasses.asdict(lm),
-      "recoding": dataclasses.asdict(rc),
-      "train": dataclasses.asdict(tc),
-    },
-  )
-
-
-def train(args) -> dict:
-  """Runs (or resumes) training; returns a summary dict (also written to ``out/summary.json``)."""
-  out = pathlib.Path(args.out).resolve()
-  corpus, train_ids, valid_ids, test_ids = load_data(args)  # bad data: fail before any write
-  out.mkdir(parents=True, exist_ok=True)
-  lm_cfg, rc, tc = configs_from_args(args, corpus.vocab.size)
-  model = LSTMLM(lm_cfg)
-
-  key = jax.random.key(tc.seed)
-  params, anchors = init_train_state(model, rc, tc, key)
-  tx, train_step = make_train_step(model, rc, tc, int(train_ids.shape[0]))
-  eval_step = make_eval_step(model, rc)
-  opt_state = tx.init(params)
-  check_token_ids(train_ids, lm_cfg.vocab_size, "training ids")
-  streams = data_lib.batchify(train_ids, tc.batch_size)
-  n_batches = data_lib.num_bptt_batches(streams, tc.bptt, drop_last=True)
-  hidden = zero_state(lm_cfg, tc.batch_size)
-  meta = {
-    "global_step": 0,
-    "epoch": 0,
-    "batch": 0,
-    "lr": tc.lr,
-    "best_valid_ppl": None,
-    "history": [],
-    "train_seconds": 0.0,
-    "train_tokens": 0,
-  }
-
-  opts = ocp.CheckpointManagerOptions(max_to_keep=2, enable_async_checkpointing=False)
-  mngr = ocp.CheckpointManager(out / "ckpt", options=opts)
-  best_mngr = ocp.CheckpointManager(out / "best", options=opts)
-  state = {"params": params, "opt_state": opt_state, "hidden": hidden, "anchors": anchors}
-  settings = run_settings(args)
-  changed = []
-  if mngr.all_steps():  # resuming: the stored settings must match (checked before restoring)
-    stored = _stored_settings(mngr, out)
-    if stored is not None:
-      changed = check_resume_settings(
-        stored, settings, override=args.override_settings, where=out / "ckpt"
-      )
-      if changed:
-        print(f"warning: resuming {out} with changed settings {changed}", file=sys.stderr)
-  save_run_config(out, args, lm_cfg, rc, tc)
-  like = jax.tree_util.tree_map(np.asarray, state)
-
-  def restore(step):
-    return mngr.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(like), meta=ocp.args.JsonRestore()),
-    )
-
-  latest, restored = restore_latest_intact(mngr, restore, out / "ckpt")
-  if latest is not None:
-    for step in mngr.all_steps():  # damaged newer steps (warned about above)
-      if step > latest:
-        mngr.delete(step)
-    state = jax.tree_util.tree_map(jnp.asarray, restored["state"])
-    meta = restored["meta"]
-    print(f"resumed from step {latest} (epoch {meta['epoch']}, batch {meta['batch']})")
-    if "lr" in changed:  # an overridden --lr restarts the schedule from the new value
-      meta["lr"] = tc.lr
-  meta["settings"] = settings
-
-  def save(m, step):
-    if step in m.all_steps():
-      m.delete(step)
-    m.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-      force=True,
-    )
-    m.wait_until_finished()
-
-  eval_key = jax.random.key(tc.seed + 1)
-  step_size = jnp.float32(tc.step_size)
-  ev = dict(batch_size=tc.eval_batch_size, bptt=tc.bptt, step_size=step_size, key=eval_key)
-  done = False
-  while meta["epoch"] < tc.epochs and not done:
-    epoch = meta["epoch"]
-    bar = tqdm(
-      total=n_batches,
-      initial=meta["batch"],
-      desc=f"epoch {epoch + 1}/{tc.epochs}",
-      disable=args.no_progress,
-      mininterval=5.0,
-      file=sys.stderr,
-    )
-    t0, tok0 = time.perf_counter(), 0
-    losses = []
-    for b, (x, y) in enumerate(data_lib.bptt_batches(streams, tc.bptt, drop_last=True)):
-      if b < meta["batch"]:
-        continue
-      k = jax.random.fold_in(key, meta["global_step"] + 1)
-      p, o, h, nll = train_step(
-        state["params"],
-        state["opt_state"],
-        state["anchors"],
-        state["hidden"],
-        x,
-        y,
-        k,
-        jnp.float32(meta["lr"]),
-        step_size,
-      )
-      state = {"params": p, "opt_state": o, "hidden": h, "anchors": state["anchors"]}
-      meta["global_step"] += 1
-      meta["batch"] = b + 1
-      tok0 += y.size
-      losses.append(nll)
-      if len(losses) >= 50 or b == n_batches - 1:
-        ls = float(jnp.mean(jnp.stack(losses)))
-        losses = []
-        bar.set_postfix(ppl=f"{math.exp(min(ls, 50)):.1f}", lr=f"{meta['lr']:.3g}")
-      bar.update(1)
-      if meta["global_step"] % args.ckpt_every == 0:
-        meta["train_seconds"] += time.perf_counter() - t0
-        meta["train_tokens"] += tok0
-        t0, tok0 = time.perf_counter(), 0
-        save(mngr, meta["global_step"])
-      if args.max_steps and meta["global_step"] >= args.max_steps:
-        done = True
-        break
-    bar.close()
-    meta["train_seconds"] += time.perf_counter() - t0
-    meta["train_tokens"] += tok0
-    if done and meta["batch"] < n_batches:
-      save(mngr, meta["global_step"])
-      break
-    # End of epoch: validate, maybe decay the learning rate, keep the best parameters.
-    val_ppl, _ = evaluate_ids(
-      eval_step,
-      model,
-      state["params"],
-      valid_ids,
-      desc=None if args.no_progress else "valid",
-      **ev,
-    )
-    improved = meta["best_valid_ppl"] is None or val_ppl < meta["best_valid_ppl"]
-    meta["history"].append(
-      {
-        "epoch": epoch + 1,
-        "valid_ppl": val_ppl,
-        "lr": meta["lr"],
-        "train_seconds": meta["train_seconds"],
-      }
-    )
-    print(json.dumps(meta["history"][-1]), flush=True)
-    if improved:
-      meta["best_valid_ppl"] = val_ppl
-    if not improved or (tc.decay_start and epoch + 1 >= tc.decay_start):
-      meta["lr"] *= tc.lr_decay
-    meta["epoch"] = epoch + 1
-    meta["batch"] = 0
-    if improved:
-      save(best_mngr, meta["global_step"])
-    save(mngr, meta["global_step"])
-
-  # Final evaluation of the best parameters.
-  best_step = best_mngr.latest_step()
-  summary = {"run": str(out), "global_step": meta["global_step"], "history": meta["history"]}
-  if best_step is not None and meta["epoch"] >= tc.epochs:
-    params = restore_params(out, state["params"])
-    val_ppl, _ = evaluate_ids(eval_step, model, params, valid_ids, **ev)
-    test_ppl, _ = evaluate_ids(eval_step, model, params, test_ids, **ev)
-    summary.update(
-      valid_ppl=val_ppl,
-      test_ppl=test_ppl,
-      epochs=meta["epoch"],
-      train_seconds=meta["train_seconds"],
-      train_tokens_per_s=meta["train_tokens"] / max(meta["train_seconds"], 1e-9),
-    )
-    _atomic_json(out / "summary.json", summary)
-    print(json.dumps(summary), flush=True)
-  mngr.close()
-  best_mngr.close()
-  summary["params"] = state["params"]
-  return summary
-
-
-def _stored_settings(mngr, out: pathlib.Path) -> dict | None:
-  """Settings stored with the newest readable checkpoint's metadata, else ``config.json``'s."""
-  for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception:  # a damaged step: restore_latest_intact reports it
-      continue
-    if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
-      return meta["settings"]
-    break
-  try:
-    args = json.loads((out / "config.json").read_text())["args"]
-  except (OSError, ValueError, KeyError, TypeError):
-    return None
-  return {k: v for k, v in sorted(args.items()) if k not in NON_SETTINGS}
-
-
-def restore_params(run_dir, like=None, *, which: str = "best"):
-  """Parameters ``{"lm", "step"}`` of the ``best`` (or ``latest``) checkpoint of ``run_dir``."""
-  if which not in ("best", "latest"):
-    raise ValueError(f"which must be 'best' or 'latest', got {which!r}")
-  run_dir = pathlib.Path(run_dir).resolve()
-  sub = run_dir / ("best" if which == "best" else "ckpt")
-  mngr = ocp.CheckpointManager(sub, options=ocp.CheckpointManagerOptions(read_only=True))
-
-  def restore(step):
-    return mngr.restore(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-    )
-
-  step, restored = restore_latest_intact(mngr, restore, sub)
-  mngr.close()
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint under {sub}")
-  return jax.tree_util.tree_map(jnp.asarray, restored["state"]["params"])
+  return train(config, corpus, args.out, options=options)
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  train(args)
+  train_from_argv(argv)
   return 0
 
 
