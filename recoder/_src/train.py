@@ -212,7 +212,7 @@ def init_train_state(model, rc, tc, key):
   return params, anchors
 
 
-# --- run settings and checkpoints ---------------------------------------------------------------
+# --- the training run, step by step -------------------------------------------------------------
 
 
 def run_settings(config: TrainConfig, corpus: data_lib.Corpus) -> dict:
@@ -221,9 +221,6 @@ def run_settings(config: TrainConfig, corpus: data_lib.Corpus) -> dict:
   out.update(dataclasses.asdict(out.pop("model")), **dataclasses.asdict(out.pop("recoding")))
   out["prefix"] = corpus.prefix
   return json.loads(json.dumps(dict(sorted(out.items()))))  # tuples -> lists, as when stored
-
-
-# --- the training run, step by step -------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,6 +269,10 @@ def prepare(config: TrainConfig, corpus, out, options: RunOptions | None = None)
   model = LSTMLM(lm_cfg)
   train_ids = _prefix(corpus.train, config.max_train_tokens)
   check_token_ids(train_ids, lm_cfg.vocab_size, "training ids")
+  valid = _prefix(corpus.valid, config.max_eval_tokens)
+  test = _prefix(corpus.test, config.max_eval_tokens)
+  check_token_ids(valid, lm_cfg.vocab_size, "validation ids")
+  check_token_ids(test, lm_cfg.vocab_size, "test ids")
   streams = data_lib.batchify(train_ids, config.batch_size)
   tx, train_step = make_train_step(model, config.recoding, config, int(train_ids.shape[0]))
   return Run(
@@ -282,8 +283,8 @@ def prepare(config: TrainConfig, corpus, out, options: RunOptions | None = None)
     model=model,
     streams=streams,
     n_batches=data_lib.num_bptt_batches(streams, config.bptt, drop_last=True),
-    valid=_prefix(corpus.valid, config.max_eval_tokens),
-    test=_prefix(corpus.test, config.max_eval_tokens),
+    valid=valid,
+    test=test,
     train_step=train_step,
     eval_step=make_eval_step(model, config.recoding),
     tx=tx,

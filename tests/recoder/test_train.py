@@ -182,9 +182,15 @@ def _latest_state(run_dir):
 def test_run_interrupted_after_an_epoch_resumes_with_its_learning_rate_and_plateau(tmp_path):
   # --decay-start 1: the learning rate drops 20 -> 5 after epoch 1, so the resumed epoch 2 only
   # matches when the learning rate comes back from the checkpointed optimizer state.
+  # The reference runs through the Python API, the interrupted one through the CLI (same settings).
   data = _write_corpus(tmp_path / "data")
   args = [*ARGS, "--epochs", "2", "--decay-start", "1"]
-  ref = train_lib.train_from_argv(["--data", data, "--out", tmp_path / "ref", *args])
+  config = train_lib.TrainConfig(
+    model=train_lib.ModelConfig(emb=8, hidden=8, layers=2, dropout=0.2),
+    batch_size=4, bptt=6, eval_batch_size=2, epochs=2, decay_start=1,
+  )  # fmt: skip
+  options = train_lib.RunOptions(ckpt_every=1000, progress=False)
+  ref = train_lib.train(config, recoder.load_corpus(data), tmp_path / "ref", options=options)
   per_epoch = ref.global_step // 2
   base = ["--data", data, "--out", tmp_path / "cut", *args]
   first = train_lib.train_from_argv([*base, "--max-steps", per_epoch])
@@ -224,6 +230,18 @@ def test_checkpoint_of_the_old_format_is_refused_naming_the_reason(tmp_path):
   # its parameters stay readable
   params = train_lib.restore_params(out, which="latest")
   assert params["lm"]["embedding"].shape[1] == 8
+
+
+def test_bad_corpus_is_refused_before_anything_is_written(tmp_path):
+  vocab = recoder.Vocab(tuple("abcde"))
+  ids = np.arange(40, dtype=np.int32) % 5
+  bad = recoder.Corpus(vocab, train=ids, valid=ids + 1, test=ids)  # id 5 is not in the vocabulary
+  config = train_lib.TrainConfig(model=train_lib.ModelConfig(emb=4, hidden=4), batch_size=2)
+  with pytest.raises(ValueError, match=r"validation ids outside the vocabulary \[0, 5\)"):
+    train_lib.train(config, bad, tmp_path / "run")
+  with pytest.raises(ValueError, match="too short for batch size 64"):
+    train_lib.train(train_lib.TrainConfig(), recoder.Corpus(vocab, ids, ids, ids), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 def test_cli_flags_build_the_config_dataclasses():
