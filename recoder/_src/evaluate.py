@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsteer._src.fileio import atomic_write_text
 from recoder._src import data as data_lib
 from recoder._src.model import LSTMLM, LMConfig, check_token_ids, zero_state
 from recoder._src.recode import RecodingConfig
@@ -315,10 +316,7 @@ def main(argv=None) -> int:
   }
   text = json.dumps(out, indent=2)
   if args.out:
-    path = pathlib.Path(args.out)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(args.out, text)
   print(text)
   return 0
 

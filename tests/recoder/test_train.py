@@ -69,10 +69,12 @@ def test_evaluate_entry_point_prints_json(tiny, capsys):
   root, _, _ = tiny
   rc = evaluate_lib.main(
     ["--run", str(root / "a"), "--no-progress", "--batch-size", "2", "--variants", "none",
-     "surprisal:0.5", "trained", "ensemble_entropy:0.1"]
+     "surprisal:0.5", "trained", "ensemble_entropy:0.1", "--out", str(root / "eval.json")]
   )  # fmt: skip
   assert rc == 0
   out = json.loads(capsys.readouterr().out)
+  assert json.loads((root / "eval.json").read_text()) == out
+  assert not list(root.glob(".eval.json.*"))  # no temporary file left
   v = out["variants"]
   assert np.isfinite(v["none"]["ppl"]) and np.isfinite(v["surprisal:0.5"]["ppl"])
   assert v["trained"]["config"]["signal"] == "none"
