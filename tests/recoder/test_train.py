@@ -219,6 +219,9 @@ def test_checkpoint_of_the_old_format_is_refused_naming_the_reason(tmp_path):
   out = tmp_path / "run"
   base = ["--data", data, "--out", out, *ARGS, "--ckpt-every", "1"]
   train_lib.train_from_argv([*base, "--max-steps", "2"])
+  # Adam's state has another structure than SGD's: refused like a shape setting, not overridden.
+  with pytest.raises(ValueError, match=r"other model settings \(--optimizer 'sgd' -> 'adam'\)"):
+    train_lib.train_from_argv([*base, "--optimizer", "adam", "--override-settings"])
   # A checkpoint of the previous recoder.train: its metadata has no "format" (and holds the lr).
   for meta_file in (out / "ckpt").glob("*/meta/metadata"):
     meta = json.loads(meta_file.read_text())
