@@ -284,3 +284,18 @@ def test_cli_flags_build_the_config_dataclasses():
     train_lib.build_parser().parse_args(["--data", "d", "--out", "o"])
   )
   assert defaults == (train_lib.TrainConfig(), train_lib.RunOptions())
+
+
+def test_non_finite_validation_nll_raises_instead_of_steering_the_schedule():
+  cfg = recoder.LMConfig(vocab_size=9, embed_dim=4, hidden_dim=4, dropout=0.0)
+  model = recoder.LSTMLM(cfg)
+  rc = recoder.RecodingConfig()
+  params, _ = train_lib.init_train_state(model, rc, train_lib.TrainConfig(), jax.random.key(0))
+  ev = train_lib.make_eval_step(model, rc)
+  ids = np.arange(40, dtype=np.int32) % 9
+  kw = dict(batch_size=2, bptt=5, step_size=jnp.float32(0.0), key=jax.random.key(1))
+  ppl, n = train_lib.evaluate_ids(ev, model, params, ids, **kw)
+  assert np.isfinite(ppl) and n == 2 * 19
+  params["lm"]["decoder_b"] = params["lm"]["decoder_b"].at[..., 0].set(jnp.nan)
+  with pytest.raises(FloatingPointError, match="non-finite NLL"):
+    train_lib.evaluate_ids(ev, model, params, ids, **kw)
