@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsteer._src.grains import Pair, SteeringVectors, _check_common, _source
-from jaxsteer._src.models.lm import _apply
+from jaxsteer._src.models.lm import apply_intercepted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _collect(tree, out):
 def capture_heads(module, factory, params, args, ids, mask, last, num_layers):
   """(B, L, H * Dh) pre-``o_proj`` attention outputs at position ``last`` of each row."""
   with nn.intercept_methods(HeadCapture()()):
-    _, state = _apply(
+    _, state = apply_intercepted(
       module, factory, params, args, ids, attention_mask=mask, mutable=["intermediates"]
     )
   found = _collect(state["intermediates"], {})

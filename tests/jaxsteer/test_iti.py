@@ -8,7 +8,7 @@ from helpers import tiny_llama_config
 
 import jaxsteer
 from jaxsteer import grains, iti
-from jaxsteer._src.models.lm import _apply
+from jaxsteer._src.models.lm import apply_intercepted
 from jaxsteer.models import init_random
 
 CFG = tiny_llama_config()
@@ -45,7 +45,7 @@ def _head_shift(lm, heads, alpha, ids):
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(interceptor):
-    return np.asarray(_apply(lm.module, None, lm.params, None, jnp.asarray(ids)))
+    return np.asarray(apply_intercepted(lm.module, None, lm.params, None, jnp.asarray(ids)))
 
 
 def test_residual_form_equals_the_head_shift(lm, vecs):

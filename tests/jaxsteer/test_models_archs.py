@@ -245,10 +245,12 @@ def test_steering_and_capture(case):
   _, hidden = lm(ids, return_hidden=True)
   import flax.linen as nn
 
-  from jaxsteer._src.models.lm import _apply
+  from jaxsteer._src.models.lm import apply_intercepted
 
   with nn.intercept_methods(CaptureInterceptor((0, 1))()):
-    _, st = _apply(lm.module, None, lm.params, None, jnp.asarray(ids), mutable=["intermediates"])
+    _, st = apply_intercepted(
+      lm.module, None, lm.params, None, jnp.asarray(ids), mutable=["intermediates"]
+    )
   got = np.asarray(st["intermediates"]["layers_1"]["residual"][0])
   assert_close(got, hidden[1], "float32")  # eager capture vs the jitted forward
   vec = SteeringVectors((1,), np.ones((1, 32), np.float32))

@@ -29,10 +29,12 @@ def _residuals(model, ids):
   import flax.linen as nn
 
   f, a = model.intercept
-  from jaxsteer._src.models.lm import _apply
+  from jaxsteer._src.models.lm import apply_intercepted
 
   with nn.intercept_methods(CaptureInterceptor(tuple(range(CFG.num_layers)))()):
-    _, st = _apply(model.module, f, model.params, a, jnp.asarray(ids), mutable=["intermediates"])
+    _, st = apply_intercepted(
+      model.module, f, model.params, a, jnp.asarray(ids), mutable=["intermediates"]
+    )
   return [np.asarray(st["intermediates"][f"layers_{i}"]["residual"][0]) for i in range(3)]
 
 

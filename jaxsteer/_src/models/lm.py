@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,13 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsteer._src.models.modules import CausalLM, default_positions
-from jaxsteer._src.models.tokenizer import HFTokenizer, Llama2cTokenizer
 
 InterceptFactory = Callable[[Any], Callable]
 
 
-def _apply(module, factory, params, args, *a, **kw):
-  """``module.apply`` inside the interceptor built by ``factory(args)`` (if any)."""
+def apply_intercepted(module, factory, params, args, *a, **kw):
+  """``module.apply(params, *a, **kw)`` inside the interceptor built by ``factory(args)``.
+
+  ``factory=None`` applies the module plainly; a ``cache`` keyword becomes the ``"cache"``
+  collection. Call it inside a jitted function with ``factory`` static and ``args`` traced (what
+  ``LanguageModel`` does), so new steering vectors recompile nothing.
+  """
   variables = {"params": params}
   cache = kw.pop("cache", None)
   if cache is not None:
@@ -35,6 +38,9 @@ def _apply(module, factory, params, args, *a, **kw):
     return module.apply(variables, *a, **kw)
   with nn.intercept_methods(factory(args)):
     return module.apply(variables, *a, **kw)
+
+
+_apply = apply_intercepted  # the former private name (grains, attribution and tests import it)
 
 
 @functools.partial(jax.jit, static_argnames=("module", "factory", "return_hidden"))
@@ -600,13 +606,13 @@ class LanguageModel:
     ids, mask = self.prepare_batch(prompt_or_ids)
     out = self.generate_ids(ids, mask, max_new_tokens=max_new_tokens, **kw)
     if isinstance(prompt_or_ids, str):
-      return self.decode(_strip(out[0], self.config.stop_ids or None))
+      return self.decode(strip_at_stop(out[0], self.config.stop_ids or None))
     if (
       isinstance(prompt_or_ids, list | tuple)
       and prompt_or_ids
       and isinstance(prompt_or_ids[0], str)
     ):
-      return [self.decode(_strip(r, self.config.stop_ids or None)) for r in out]
+      return [self.decode(strip_at_stop(r, self.config.stop_ids or None)) for r in out]
     return out
 
 
@@ -642,8 +648,8 @@ def _check_embeds(inputs_embeds, shape, hidden_size):
   return inputs_embeds
 
 
-def _strip(row, eos):
-  """``row`` up to its first stop id (``eos``: an id, ids or ``None``)."""
+def strip_at_stop(row, eos) -> list:
+  """``row`` (token ids) up to its first stop id (``eos``: an id, ids or ``None``)."""
   row = list(row)
   stops = set() if eos is None else set(_as_ids(eos))
   for i, t in enumerate(row):
@@ -670,24 +676,3 @@ def _min_tokens(tok, text: str) -> int:
     except AttributeError:
       pass
   return -(-len(text.encode("utf-8")) // longest)
-
-
-def _make_tokenizer(tokenizer, cfg):
-  if tokenizer is None:
-    return None
-  if not isinstance(tokenizer, str | pathlib.Path):
-    if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
-      raise ValueError(f"tokenizer must be a path or have encode/decode, got {type(tokenizer)}")
-    return tokenizer
-  p = pathlib.Path(tokenizer)
-  if p.is_dir():
-    tok = HFTokenizer.from_dir(p)
-    if tok.vocab_size > cfg.vocab_size:
-      raise ValueError(
-        f"tokenizer {p} has {tok.vocab_size} tokens, more than the model's vocab_size "
-        f"{cfg.vocab_size}: it does not belong to this model"
-      )
-    return tok
-  if p.is_file():
-    return Llama2cTokenizer(p, vocab_size=cfg.vocab_size)
-  raise FileNotFoundError(f"tokenizer not found: {tokenizer}")

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 
 from jaxsteer._src.models import loading, registry
 from jaxsteer._src.models.config import ModelConfig, hf_ids
-from jaxsteer._src.models.lm import LanguageModel, _make_tokenizer
+from jaxsteer._src.models.lm import LanguageModel
 from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
+from jaxsteer._src.models.tokenizer import make_tokenizer
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_PATTERNS = (
@@ -91,7 +92,7 @@ def weights_of(arch: registry.Architecture, cfg, ckpt: SafetensorsCheckpoint):
   entries = arch.weights(cfg, frozenset(ckpt.keys()))
   arrays = registry.hf_to_flax(entries, ckpt)
   want = arch.shapes(cfg) if arch.shapes is not None else loading.expected_shapes(cfg)
-  loading._check_shapes(arrays, cfg, want=want)
+  loading.check_shapes(arrays, cfg, want=want)
   return arrays
 
 
@@ -145,7 +146,7 @@ def load(
       if cand.is_file():
         tokenizer = cand
   text_cfg = arch.text_config(cfg) if arch.text_config is not None else cfg
-  tok = _make_tokenizer(tokenizer, text_cfg)
+  tok = make_tokenizer(tokenizer, text_cfg)
   if dtype is None:  # the checkpoint's floating dtype
     dtype = next(iter(arrays.values())).dtype
   dtype = jnp.dtype(dtype)

@@ -152,7 +152,7 @@ def hf_arrays(
   kw = {} if cfg.is_gpt2 else dict(prefix=prefix, lm_head=lm_head)
   entries = registry.get(cfg.arch).weights(cfg, frozenset(ckpt.keys()), **kw)
   out = registry.hf_to_flax(entries, ckpt)
-  _check_shapes(out, cfg)
+  check_shapes(out, cfg)
   return out
 
 
@@ -166,7 +166,9 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
   return {k: tuple(v.shape) for k, v in flat.items()}
 
 
-def _check_shapes(arrays, cfg, want=None):
+def check_shapes(arrays, cfg, want=None):
+  """``ValueError`` unless ``arrays`` hold every parameter of ``want`` (default: the shapes of
+  ``cfg``'s ``CausalLM``) with its shape."""
   want = expected_shapes(cfg) if want is None else want
   missing = sorted(set(want) - set(arrays))
   if missing:

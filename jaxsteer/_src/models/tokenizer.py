@@ -216,3 +216,36 @@ class HFTokenizer:
 
   def id_to_piece(self, i: int) -> str:
     return self.tok.convert_ids_to_tokens(int(i))
+
+
+def make_tokenizer(tokenizer, cfg):
+  """The tokenizer of a model from what the user passed.
+
+  Args:
+    tokenizer: ``None``; an object with ``encode`` and ``decode`` (returned as is); a HF tokenizer
+      directory (``HFTokenizer``); or a llama2.c ``tok*.bin`` file (``Llama2cTokenizer``).
+    cfg: the text ``ModelConfig`` (its ``vocab_size`` bounds the tokenizer's).
+
+  Raises:
+    FileNotFoundError: a path that does not exist.
+    ValueError: an object without ``encode``/``decode``, or a HF tokenizer with more tokens than
+      the model's vocabulary.
+  """
+  if tokenizer is None:
+    return None
+  if not isinstance(tokenizer, str | pathlib.Path):
+    if not (hasattr(tokenizer, "encode") and hasattr(tokenizer, "decode")):
+      raise ValueError(f"tokenizer must be a path or have encode/decode, got {type(tokenizer)}")
+    return tokenizer
+  p = pathlib.Path(tokenizer)
+  if p.is_dir():
+    tok = HFTokenizer.from_dir(p)
+    if tok.vocab_size > cfg.vocab_size:
+      raise ValueError(
+        f"tokenizer {p} has {tok.vocab_size} tokens, more than the model's vocab_size "
+        f"{cfg.vocab_size}: it does not belong to this model"
+      )
+    return tok
+  if p.is_file():
+    return Llama2cTokenizer(p, vocab_size=cfg.vocab_size)
+  raise FileNotFoundError(f"tokenizer not found: {tokenizer}")
