@@ -114,11 +114,11 @@ class VisionLanguageModel(LanguageModel):
 
   # -- images --------------------------------------------------------------------------------------
   def load_image(self, image):
-    """An RGB ``PIL.Image`` from a path, a PIL image or an (H, W, 3) uint8 array.
+    """An RGB ``PIL.Image`` from a path, encoded bytes, a PIL image or an (H, W, 3) uint8 array.
 
     Raises:
       FileNotFoundError: a path that does not exist.
-      ValueError: ``"cannot decode image <path>: ..."`` for a file PIL cannot read.
+      ValueError: ``"<path>: cannot decode image (...)"`` for a file PIL cannot read.
     """
     return load_image(image)
 
