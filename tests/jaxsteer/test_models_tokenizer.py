@@ -86,3 +86,32 @@ def test_more_pieces_than_the_vocabulary_is_an_error(stories260k, tmp_path):
   with pytest.raises(ValueError, match="513 pieces, more than"):
     Llama2cTokenizer(extra, vocab_size=512)
   assert np.asarray(Llama2cTokenizer(extra).scores).shape == (513,)
+
+
+def test_make_tokenizer_dispatch_and_errors(data_dir, tmp_path):
+  """``make_tokenizer``: None stays None, objects pass through, files and bad input as documented."""
+  from types import SimpleNamespace
+
+  from jaxsteer._src.models.tokenizer import make_tokenizer
+
+  cfg = SimpleNamespace(vocab_size=512)  # all make_tokenizer reads of the ModelConfig
+  assert make_tokenizer(None, cfg) is None
+
+  class Own:
+    def encode(self, text):
+      return [1]
+
+    def decode(self, ids):
+      return ""
+
+  own = Own()
+  assert make_tokenizer(own, cfg) is own
+  with pytest.raises(ValueError, match="encode/decode"):
+    make_tokenizer(object(), cfg)
+  with pytest.raises(FileNotFoundError, match="tokenizer not found"):
+    make_tokenizer(tmp_path / "nope.bin", cfg)
+  tok_bin = data_dir / "stories260K" / "tok512.bin"
+  if not tok_bin.is_file():
+    pytest.skip(f"stories260K tokenizer not found at {tok_bin}")
+  tok = make_tokenizer(str(tok_bin), cfg)
+  assert isinstance(tok, Llama2cTokenizer) and len(tok.pieces) == 512
