@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsteer._src.distributed import to_host
-from jaxsteer._src.models.llava import as_image_list
+from jaxsteer._src.images import as_image_list
 
 # ------------------------------------------------------------------------------------------------
 # Quadrature rules on [0, 1]: a registry name -> (steps -> (nodes, weights)).
@@ -454,10 +454,10 @@ class IGConvergenceWarning(RuntimeWarning):
 
 
 def _logp(module, factory, params, args, reduce):
-  from jaxsteer._src.models.lm import _apply
+  from jaxsteer._src.models.lm import apply_intercepted
 
   def logp(e, ids, mask, resp):
-    logits = _apply(module, factory, params, args, inputs_embeds=e, attention_mask=mask)
+    logits = apply_intercepted(module, factory, params, args, inputs_embeds=e, attention_mask=mask)
     return response_logprob(logits, ids, resp, reduce)
 
   return logp

@@ -54,7 +54,7 @@ from jaxsteer._src.attribution import (
 )
 from jaxsteer._src.distributed import to_host
 from jaxsteer._src.fileio import atomic_path
-from jaxsteer._src.models.lm import _apply
+from jaxsteer._src.models.lm import apply_intercepted
 from jaxsteer._src.models.modules import DecoderLayer
 
 
@@ -370,7 +370,7 @@ def _sown_residuals(tree) -> dict:
 def capture_last(module, factory, params, args, embeds, mask, last, layers):
   """Residual stream (B, len(layers), D) after each layer in ``layers`` at position ``last``."""
   with nn.intercept_methods(CaptureInterceptor(layers)()):
-    _, state = _apply(
+    _, state = apply_intercepted(
       module,
       factory,
       params,

@@ -40,7 +40,7 @@ def apply_intercepted(module, factory, params, args, *a, **kw):
     return module.apply(variables, *a, **kw)
 
 
-_apply = apply_intercepted  # the former private name (grains, attribution and tests import it)
+_apply = apply_intercepted  # the former private name, still used inside this module
 
 
 @functools.partial(jax.jit, static_argnames=("module", "factory", "return_hidden"))
