@@ -46,6 +46,7 @@ from paca_jax._src.ops import partial_matmul
 from paca_jax._src.plan import SELECTORS, Plan, PlanEntry, register_selector, select
 from paca_jax._src.training import (
   DEFAULT_RULES,
+  PARAM_LOGICAL_AXES,
   Trainer,
   TrainState,
   lm_loss_fn,
@@ -62,6 +63,7 @@ __all__ = [
   "LoraNf4",
   "LoraPlan",
   "NF4_TABLE",
+  "PARAM_LOGICAL_AXES",
   "Paca",
   "PacaInt8",
   "PacaNf4",

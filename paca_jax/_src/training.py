@@ -6,9 +6,11 @@ scatter's output and XLA updates the donated kernel buffers in place; the return
 update behind, and :meth:`Trainer.flush` (also jitted and donated) writes the final rows before
 eval, export or checkpointing.
 
-Sharding comes from one logical-axis rule table (:data:`DEFAULT_RULES`): every leaf gets logical
-axes from its name (``kernel`` -> ``("in", "out")``, PaCA ``rows`` -> ``("rank", "out")``, ...),
-which the rules map to mesh axes; a dimension that the mesh axes do not divide stays replicated.
+Sharding is jaxsteer's logical-axis mechanism (``jaxsteer._src.mesh_rules``, also used by
+``jaxsteer.load``) with paca_jax's two tables: :data:`PARAM_LOGICAL_AXES` gives every leaf logical
+axes from its name (``kernel`` -> ``("in", "out")``, PaCA ``rows`` -> ``("rank", "out")``, ...) and
+:data:`DEFAULT_RULES` maps them to mesh axes; a dimension that the mesh axes do not divide stays
+replicated.
 
 Usage::
 
@@ -32,11 +34,13 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxsteer._src import mesh_rules
 from jaxsteer._src.mesh_rules import batch_spec, check_rules
 from paca_jax._src.models import lm_loss
 
 __all__ = [
   "DEFAULT_RULES",
+  "PARAM_LOGICAL_AXES",
   "TrainState",
   "Trainer",
   "logical_axes",
@@ -61,63 +65,30 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
   ("seq", None),
 )
 
-# Leaf name -> logical axes of its first dims (the rest are None).
-_LEAF_AXES = {
-  "kernel": ("in", "out"),
-  "q": ("in", "out"),
-  "embedding": ("vocab", "embed"),
-  "bias": ("out",),
-  "qscale": ("out",),
-  "rows": ("rank", "out"),
-  "a": ("in", "rank"),
-  "b": ("rank", "out"),
-  "scale": ("norm",),
-}
+# Leaf -> logical axes of its first dims (the rest are None), by regex over the leaf's path (the
+# last component is the leaf's name; optimizer states mirror the parameter paths). Leaves matched
+# by no pattern are replicated.
+PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
+  (r"(^|/)kernel$", ("in", "out")),
+  (r"(^|/)q$", ("in", "out")),
+  (r"(^|/)embedding$", ("vocab", "embed")),
+  (r"(^|/)bias$", ("out",)),
+  (r"(^|/)qscale$", ("out",)),
+  (r"(^|/)rows$", ("rank", "out")),
+  (r"(^|/)a$", ("in", "rank")),
+  (r"(^|/)b$", ("rank", "out")),
+  (r"(^|/)scale$", ("norm",)),
+)
 
 
 def logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
-  """Logical axes of a leaf called ``name`` with ``ndim`` dimensions."""
-  axes = _LEAF_AXES.get(name, ())
-  axes = axes[:ndim]
-  return tuple(axes) + (None,) * (ndim - len(axes))
-
-
-def _spec(axes, shape, mesh, rules) -> PartitionSpec:
-  table = dict(rules)
-  used: set[str] = set()
-  out = []
-  for ax, n in zip(axes, shape):
-    m = table.get(ax) if ax is not None else None
-    names = () if m is None else ((m,) if isinstance(m, str) else tuple(m))
-    names = tuple(a for a in names if a in mesh.shape and a not in used)
-    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-    if names and n % size == 0:
-      used.update(names)
-      out.append(names[0] if len(names) == 1 else names)
-    else:
-      out.append(None)
-  return PartitionSpec(*out)
-
-
-def _leaf_name(path) -> str:
-  for k in reversed(path):
-    if isinstance(k, jax.tree_util.DictKey):
-      return str(k.key)
-    if isinstance(k, jax.tree_util.GetAttrKey):
-      return str(k.name)
-  return ""
+  """Logical axes of a leaf called ``name`` (or at path ``name``) with ``ndim`` dimensions."""
+  return mesh_rules.logical_axes(name, ndim, PARAM_LOGICAL_AXES)
 
 
 def tree_shardings(tree, mesh, rules=DEFAULT_RULES):
   """A ``NamedSharding`` for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
-
-  def one(path, leaf):
-    shape = tuple(np.shape(leaf))
-    return NamedSharding(
-      mesh, _spec(logical_axes(_leaf_name(path), len(shape)), shape, mesh, rules)
-    )
-
-  return jax.tree_util.tree_map_with_path(one, tree)
+  return mesh_rules.tree_shardings(tree, mesh, rules, PARAM_LOGICAL_AXES)
 
 
 def batch_sharding(batch, mesh, rules=DEFAULT_RULES):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import re
 import struct
 
 import jax
@@ -17,12 +16,14 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxsteer._src.mesh_rules import axes_of, batch_spec, check_rules
+from jaxsteer._src import mesh_rules
+from jaxsteer._src.mesh_rules import batch_spec, check_rules
 from jaxsteer._src.models.config import ModelConfig
 from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
 
 # --------------------------------------------------------------------------------------------
-# Sharding: one logical-axis rule table.
+# Sharding: two tables of data for the one mechanism in ``jaxsteer._src.mesh_rules`` (shared with
+# paca_jax's trainer).
 
 # Logical axes of every parameter, by regex over its '/'-joined path (first match wins).
 PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
@@ -60,25 +61,13 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-  for pattern, axes in PARAM_LOGICAL_AXES:
-    if re.search(pattern, path):
-      return tuple(axes) + (None,) * (ndim - len(axes)) if len(axes) <= ndim else (None,) * ndim
-  raise AssertionError("unreachable")
+  """Logical axes of the parameter at ``path`` (:data:`PARAM_LOGICAL_AXES`)."""
+  return mesh_rules.logical_axes(path, ndim, PARAM_LOGICAL_AXES)
 
 
 def partition_spec(path: str, shape, mesh, rules=DEFAULT_RULES) -> PartitionSpec:
-  table = dict(rules)
-  spec, used = [], set()
-  for dim, name in zip(shape, logical_axes(path, len(shape))):
-    axes = tuple(a for a in axes_of(table.get(name) if name else None) if a in mesh.shape)
-    axes = tuple(a for a in axes if a not in used)
-    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if not axes or dim % size:
-      spec.append(None)
-      continue
-    used.update(axes)
-    spec.append(axes[0] if len(axes) == 1 else axes)
-  return PartitionSpec(*spec)
+  """``PartitionSpec`` of the parameter at ``path`` (``mesh_rules.leaf_spec``)."""
+  return mesh_rules.leaf_spec(path, tuple(shape), mesh, rules, PARAM_LOGICAL_AXES)
 
 
 def param_shardings(params, mesh, rules=DEFAULT_RULES):
@@ -89,11 +78,7 @@ def param_shardings(params, mesh, rules=DEFAULT_RULES):
       pattern (``jaxsteer._src.mesh_rules.check_rules``).
   """
   check_rules(rules, mesh)
-  flat = traverse_util.flatten_dict(params, sep="/")
-  out = {
-    k: NamedSharding(mesh, partition_spec(k, np.shape(v), mesh, rules)) for k, v in flat.items()
-  }
-  return traverse_util.unflatten_dict(out, sep="/")
+  return mesh_rules.tree_shardings(params, mesh, rules, PARAM_LOGICAL_AXES)
 
 
 def batch_sharding(shape, mesh, rules=DEFAULT_RULES) -> NamedSharding:
