@@ -36,6 +36,7 @@ import optax
 from tqdm import tqdm
 
 import paca_jax
+from jaxsteer._src import fileio
 from paca_jax._src.export import save_merged, save_paca_adapter, save_peft_adapter, to_lora
 from paca_jax.models import CONFIGS, TinyLlama
 
@@ -312,9 +313,9 @@ def run(args) -> dict:
       evals[i + 1] = eval_loss()
     if (i + 1) % args.ckpt_every == 0 or i + 1 == end:
       save(i + 1)
-  with (out / "losses.jsonl").open("a") as f:
-    for k, v in losses.items():
-      f.write(json.dumps({"step": k, "loss": v}) + "\n")
+  log = out / "losses.jsonl"  # appended across resumed runs, each time rewritten atomically
+  lines = "".join(json.dumps({"step": k, "loss": v}) + "\n" for k, v in losses.items())
+  fileio.atomic_write_text(log, (log.read_text() if log.is_file() else "") + lines)
   summary = {
     "method": method.name,
     "start_step": start,
@@ -351,7 +352,7 @@ def run(args) -> dict:
         method, params, state.trainable, out / "paca_adapter", base_model=args.model
       )
     )
-  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  fileio.atomic_write_json(out / "summary.json", summary, indent=1)
   mngr.close()
   return summary
 

@@ -9,6 +9,9 @@ target is left as it was.
   name (safetensors' ``save_file``, ``np.save``, matplotlib's ``savefig``); the file is moved into
   place when the block ends without an exception.
 * ``atomic_write_bytes`` / ``atomic_write_text`` / ``atomic_write_json``: the common cases.
+* ``atomic_directory(path)``: the same for a whole directory (a model export): it is built in a
+  temporary sibling directory and renamed into place; the caller decides beforehand whether an
+  existing ``path`` may be replaced.
 """
 
 from __future__ import annotations
@@ -17,11 +20,18 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+  "atomic_directory",
+  "atomic_path",
+  "atomic_write_bytes",
+  "atomic_write_json",
+  "atomic_write_text",
+]
 
 
 @contextlib.contextmanager
@@ -77,3 +87,44 @@ def atomic_write_json(
   dumps_kwargs.setdefault("ensure_ascii", False)
   text = json.dumps(obj, indent=indent, default=default, **dumps_kwargs) + "\n"
   return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[pathlib.Path]:
+  """Yields an empty temporary directory beside ``path``; on success it becomes ``path``.
+
+  The files written into it are fsynced, then the directory is renamed into place. An existing
+  non-empty ``path`` is first moved aside (to a sibling temporary name) and deleted only once the
+  new directory is in place, so the caller must have checked that it may be replaced (this
+  helper does not look inside it). When the block raises, the temporary directory is removed and
+  ``path`` is left (or put back) as it was.
+
+  Raises:
+    ValueError: ``path`` exists and is not a directory (nothing is touched).
+  """
+  out = pathlib.Path(path).absolute()
+  if out.exists() and not out.is_dir():
+    raise ValueError(f"{out} exists and is not a directory")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+  old = None
+  try:
+    yield tmp
+    for f in tmp.rglob("*"):
+      if f.is_file() and not f.is_symlink():
+        with open(f, "rb+") as fh:
+          os.fsync(fh.fileno())
+    os.chmod(tmp, 0o755)  # mkdtemp creates it readable only by its owner
+    if out.is_dir() and any(out.iterdir()):
+      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+      os.replace(out, old)  # onto an empty directory: allowed by rename(2)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None and not out.exists():
+      os.replace(old, out)
+    elif old is not None and not any(old.iterdir()):
+      old.rmdir()  # the move aside itself failed
+    raise
+  if old is not None:
+    shutil.rmtree(old)

@@ -42,3 +42,28 @@ def test_writer_that_never_writes_is_an_error(tmp_path):
     with fileio.atomic_path(p) as tmp:
       tmp.unlink()
   assert not p.exists() and os.listdir(tmp_path) == []
+
+
+def test_atomic_directory_replaces_and_restores_on_failure(tmp_path):
+  out = tmp_path / "export"
+  with fileio.atomic_directory(out) as tmp:
+    (tmp / "a.txt").write_text("1")
+  assert os.listdir(out) == ["a.txt"] and os.listdir(tmp_path) == ["export"]
+  assert (out.stat().st_mode & 0o777) == 0o755
+  with pytest.raises(RuntimeError, match="boom"):
+    with fileio.atomic_directory(out) as tmp:
+      (tmp / "b.txt").write_text("half")
+      raise RuntimeError("boom")
+  assert os.listdir(out) == ["a.txt"] and os.listdir(tmp_path) == ["export"]
+  with fileio.atomic_directory(out) as tmp:
+    (tmp / "b.txt").write_text("2")
+  assert os.listdir(out) == ["b.txt"] and os.listdir(tmp_path) == ["export"]
+
+
+def test_atomic_directory_refuses_a_file_target(tmp_path):
+  p = tmp_path / "f"
+  p.write_text("keep")
+  with pytest.raises(ValueError, match="not a directory"):
+    with fileio.atomic_directory(p):
+      pass
+  assert p.read_text() == "keep" and os.listdir(tmp_path) == ["f"]
