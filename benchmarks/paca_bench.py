@@ -42,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict
 
 import paca_jax
-from paca_jax._src.tree import get_path
 from paca_jax.models import CONFIGS, TinyLlama
 
 TARGETS = r".*(q|k|v|o|gate|up|down)_proj"
@@ -93,7 +93,7 @@ def _adapted_base_bytes(method, frozen):
     return None
   if isinstance(frozen, dict) and "quant" in frozen:
     return int(sum(a.nbytes for a in jax.tree.leaves(frozen["quant"])))
-  return int(sum(get_path(frozen, p)["kernel"].nbytes for p in plan.paths))
+  return int(sum(flatten_dict(frozen, sep="/")[p + "/kernel"].nbytes for p in plan.paths))
 
 
 def _study_batches(tokens, batch, seq, seed):

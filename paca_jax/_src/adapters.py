@@ -30,12 +30,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from paca_jax._src.nf4 import dequantize_nf4, nf4_matmul, nf4_partial_matmul, quantize_nf4
 from paca_jax._src.ops import partial_matmul, take_rows, write_rows_into
 from paca_jax._src.plan import Plan, PlanEntry, find_kernels, match_targets, path_seed
-from paca_jax._src.tree import delete_path, get_path, iter_paths, nested_from_paths, set_path
-from paca_jax._src.tree import unwrap as _unwrap
+from paca_jax._src.plan import unwrap_params as _unwrap
 
 __all__ = [
   "Paca",
@@ -53,6 +53,49 @@ __all__ = [
   "lora_plan",
   "row_values",
 ]
+
+
+# ------------------------------------------------------------------------------ param trees
+# Nested dicts addressed by ``a/b/c`` module paths, through ``flax.traverse_util``.
+
+
+def _flat(tree) -> dict:
+  """``{"a/b/leaf": value}``; empty subtrees are kept, so :func:`_nested` rebuilds the same tree."""
+  return traverse_util.flatten_dict(tree, keep_empty_nodes=True, sep="/")
+
+
+def _nested(flat) -> dict:
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _by_module(tree, paths) -> dict:
+  """``{module path: its subtree}`` for the modules ``paths`` of a nested tree."""
+  paths = frozenset(paths)
+  return traverse_util.flatten_dict(tree, sep="/", is_leaf=lambda p, _: "/".join(p) in paths)
+
+
+def _pop_kernels(params, plan):
+  """``(params without the planned kernels, {path: kernel as (in, out)})``.
+
+  A module left with no parameters stays in the tree as an empty dict.
+  """
+  flat = _flat(params)
+  kernels = {}
+  for e in plan:
+    kernels[e.path] = flat.pop(e.path + "/kernel").reshape(e.in_features, e.out_features)
+    if not any(k.startswith(e.path + "/") for k in flat):
+      flat[e.path] = traverse_util.empty_node
+  return _nested(flat), kernels
+
+
+def _set_kernels(params, kernels):
+  """``params`` with ``{path: kernel}`` written in (a functional update)."""
+  flat = _flat(params)
+  for path, k in kernels.items():
+    if flat.get(path) is traverse_util.empty_node:
+      del flat[path]
+    flat[path + "/kernel"] = k
+  return _nested(flat)
 
 
 # ----------------------------------------------------------------------------- interception
@@ -113,12 +156,18 @@ def _scaled(rows, s: float):
   return rows if s == 1.0 else rows * jnp.asarray(s, rows.dtype)
 
 
+def _rows(plan: Plan, rows_by_module, path: str):
+  return _scaled(rows_by_module[path]["rows"], plan.scale(path))
+
+
 def row_values(plan: Plan, trainable, path: str):
   """The kernel rows ``(r, out)`` of module ``path``: the stored rows times ``alpha / r``."""
-  return _scaled(get_path(trainable, path)["rows"], plan.scale(path))
+  return _rows(plan, _by_module(trainable, (path,)), path)
 
 
 def _paca_compute(plan: Plan, rows, merged: bool):
+  rows = _by_module(rows, plan.paths)
+
   def compute(module, x, path, next_fun):
     del next_fun
     e = plan[path]
@@ -126,7 +175,7 @@ def _paca_compute(plan: Plan, rows, merged: bool):
     _, out_shape = _dense_geometry(module, kernel.shape)
     dtype = module.dtype or jnp.result_type(x.dtype, kernel.dtype)
     k2 = kernel.reshape(e.in_features, e.out_features).astype(dtype)
-    y = partial_matmul(x.astype(dtype), k2, row_values(plan, rows, path), e.idx, merged=merged)
+    y = partial_matmul(x.astype(dtype), k2, _rows(plan, rows, path), e.idx, merged=merged)
     b = _bias(module, dtype, out_shape)
     if b is not None:
       y = y + b
@@ -151,22 +200,23 @@ def intercept(plan: Plan, rows, *, merged: bool = False, strict: bool = True):
 def write_rows(params, plan: Plan, rows):
   """``kernel.at[idx].set(rows)`` for every planned module (functional; in place under donation)."""
   params = _unwrap(params)
+  flat, rows = _flat(params), _by_module(rows, plan.paths)
   for e in plan:
-    k = get_path(params, e.path)["kernel"]
-    r = row_values(plan, rows, e.path).reshape(e.rank, *e.shape[1:])
-    params = set_path(params, e.path + "/kernel", write_rows_into(k, e.idx, r))
-  return params
+    r = _rows(plan, rows, e.path).reshape(e.rank, *e.shape[1:])
+    flat[e.path + "/kernel"] = write_rows_into(flat[e.path + "/kernel"], e.idx, r)
+  return _nested(flat)
 
 
 def _init_rows(params, plan: Plan):
   params = _unwrap(params)
+  flat = _flat(params)
   out = {}
   for e in plan:
-    k = get_path(params, e.path)["kernel"]
+    k = flat[e.path + "/kernel"]
     rows = take_rows(k, e.idx).reshape(e.rank, e.out_features).astype(jnp.float32)
     s = plan.scale(e.path)
-    out[e.path] = {"rows": rows if s == 1.0 else rows / jnp.float32(s)}
-  return nested_from_paths(out)
+    out[e.path + "/rows"] = rows if s == 1.0 else rows / jnp.float32(s)
+  return _nested(out)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +255,7 @@ class Paca:
     return self.plan.num_trainable()
 
 
-# ------------------------------------------------------------------------------- int8 PaCA
+# ------------------------------------------------------------------ int8 and NF4 (quantised) PaCA
 
 
 def quantize_int8(w: jax.Array):
@@ -261,69 +311,55 @@ def int8_partial_matmul(x, q, scale, p, idx):
   return _q8_pmm(x, q, scale, p, jnp.asarray(idx, jnp.int32))
 
 
-@dataclasses.dataclass(frozen=True)
-class PacaInt8:
-  """Quantised PaCA: frozen int8 base (per-output-channel absmax), selected rows in float32.
-
-  The targeted kernels leave the params tree; ``frozen = {"params": rest, "quant": {path: {"q",
-  "qscale"}}}``. The selected rows are zeroed before quantising, so the base never holds them.
-  """
-
-  plan: Plan
-  name: str = "paca_int8"
-
-  def init(self, params, key=None):
-    del key
-    params = _unwrap(params)
-    rows = _init_rows(params, self.plan)
-    quant = {}
-    rest = params
-    for e in self.plan:
-      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
-      k0 = write_rows_into(k.astype(jnp.float32), e.idx, jnp.zeros((e.rank, e.out_features)))
-      q, s = quantize_int8(k0)
-      quant[e.path] = {"q": q, "qscale": s}
-      rest = delete_path(rest, e.path + "/kernel")
-    return {"params": rest, "quant": nested_from_paths(quant)}, rows
-
-  def prepare(self, frozen, trainable):
-    return frozen
-
-  def model_params(self, frozen, trainable):
-    return frozen["params"]
-
-  def context(self, frozen, trainable):
-    plan = self.plan
-
-    def compute(module, x, path, next_fun):
-      e = plan[path]
-      qd = get_path(frozen["quant"], path)
-      _, out_shape = _dense_geometry(module, e.shape)
-      dtype = module.dtype or x.dtype
-      y = int8_partial_matmul(
-        x.astype(dtype), qd["q"], qd["qscale"], row_values(plan, trainable, path), e.idx
-      )
-      b = _bias(module, dtype, out_shape)
-      if b is not None:
-        y = y + b
-      return y.reshape(*x.shape[:-1], *out_shape)
-
-    return _intercepting(plan.paths, compute)
-
-  def merge(self, frozen, trainable, dtype=jnp.float32):
-    params = frozen["params"]
-    for e in self.plan:
-      qd = get_path(frozen["quant"], e.path)
-      k = dequantize_int8(qd["q"], qd["qscale"], dtype)
-      k = write_rows_into(k, e.idx, row_values(self.plan, trainable, e.path))
-      params = set_path(params, e.path + "/kernel", k.reshape(e.shape))
-    return params
-
-  def num_trainable(self, trainable=None) -> int:
-    return self.plan.num_trainable()
+# A quantised base: the planned kernels leave the params tree and are stored, quantised, beside it:
+# ``frozen = {"params": rest, "quant": {path: arrays}}``. A store says how one kernel (float32
+# ``(in, out)``) is quantised and dequantised and how it enters a matmul; PaCA and LoRA take the
+# store as their base (PacaInt8 / PacaNf4 / LoraNf4).
 
 
-# ------------------------------------------------------------------------------- NF4 PaCA
+class _Int8Store:
+  """Per-output-channel absmax int8 (:func:`quantize_int8`): ``{"q", "qscale"}``."""
+
+  def _quantize(self, k, e):
+    q, s = quantize_int8(k)
+    return {"q": q, "qscale": s}
+
+  def _dequantize(self, qd, e, dtype):
+    return dequantize_int8(qd["q"], qd["qscale"], dtype)
+
+  def _partial_matmul(self, x, qd, rows, e):
+    return int8_partial_matmul(x, qd["q"], qd["qscale"], rows, e.idx)
+
+
+class _Nf4Store:
+  """NF4 in PyTorch orientation ``(out, in)``, blocks of ``self.block_size`` (``nf4.py``)."""
+
+  def __post_init__(self):
+    _check_block(self.block_size)
+
+  def _quantize(self, k, e):
+    return quantize_nf4(k.T, self.block_size, self.double_quant)
+
+  def _dequantize(self, qd, e, dtype):
+    return dequantize_nf4(qd, _nf4_geometry(e), self.block_size, dtype).T
+
+  def _partial_matmul(self, x, qd, rows, e):
+    return nf4_partial_matmul(x, qd, rows, e.idx, _nf4_geometry(e), self.block_size)
+
+  def _matmul(self, x, qd, e):
+    return nf4_matmul(x, qd, _nf4_geometry(e), self.block_size)
+
+
+def _quantise(store, params, plan, *, zero_rows: bool):
+  """``{"params": rest, "quant": ...}``; with ``zero_rows`` the base never holds PaCA's rows."""
+  rest, kernels = _pop_kernels(params, plan)
+  quant = {}
+  for e in plan:
+    k = kernels[e.path].astype(jnp.float32)
+    if zero_rows:
+      k = write_rows_into(k, e.idx, jnp.zeros((e.rank, e.out_features)))
+    quant[e.path] = store._quantize(k, e)
+  return {"params": rest, "quant": _nested(quant)}
 
 
 def _check_block(block_size):
@@ -335,8 +371,67 @@ def _nf4_geometry(e):
   return (e.out_features, e.in_features)  # PyTorch orientation, as bitsandbytes quantises it
 
 
+class _QuantPaca:
+  """PaCA on a quantised base (the store is the other base class): rows float32, unquantised."""
+
+  def init(self, params, key=None):
+    del key
+    params = _unwrap(params)
+    rows = _init_rows(params, self.plan)
+    return _quantise(self, params, self.plan, zero_rows=True), rows
+
+  def prepare(self, frozen, trainable):
+    return frozen
+
+  def model_params(self, frozen, trainable):
+    return frozen["params"]
+
+  def context(self, frozen, trainable):
+    plan = self.plan
+    quant, rows = _by_module(frozen["quant"], plan.paths), _by_module(trainable, plan.paths)
+
+    def compute(module, x, path, next_fun):
+      e = plan[path]
+      _, out_shape = _dense_geometry(module, e.shape)
+      dtype = module.dtype or x.dtype
+      y = self._partial_matmul(x.astype(dtype), quant[path], _rows(plan, rows, path), e)
+      b = _bias(module, dtype, out_shape)
+      if b is not None:
+        y = y + b
+      return y.reshape(*x.shape[:-1], *out_shape)
+
+    return _intercepting(plan.paths, compute)
+
+  def merge(self, frozen, trainable, dtype=jnp.float32):
+    quant, rows = (
+      _by_module(frozen["quant"], self.plan.paths),
+      _by_module(trainable, self.plan.paths),
+    )
+    kernels = {}
+    for e in self.plan:
+      k = self._dequantize(quant[e.path], e, dtype)
+      k = write_rows_into(k, e.idx, _rows(self.plan, rows, e.path))
+      kernels[e.path] = k.reshape(e.shape)
+    return _set_kernels(frozen["params"], kernels)
+
+  def num_trainable(self, trainable=None) -> int:
+    return self.plan.num_trainable()
+
+
 @dataclasses.dataclass(frozen=True)
-class PacaNf4:
+class PacaInt8(_QuantPaca, _Int8Store):
+  """Quantised PaCA: frozen int8 base (per-output-channel absmax), selected rows in float32.
+
+  The targeted kernels leave the params tree; ``frozen = {"params": rest, "quant": {path: {"q",
+  "qscale"}}}``. The selected rows are zeroed before quantising, so the base never holds them.
+  """
+
+  plan: Plan
+  name: str = "paca_int8"
+
+
+@dataclasses.dataclass(frozen=True)
+class PacaNf4(_QuantPaca, _Nf4Store):
   """QPaCA on a 4-bit NormalFloat base (QLoRA's NF4, see ``paca_jax/_src/nf4.py``).
 
   The targeted kernels leave the params tree; ``frozen = {"params": rest, "quant": {path: NF4
@@ -350,61 +445,6 @@ class PacaNf4:
   block_size: int = 64
   double_quant: bool = False
   name: str = "paca_nf4"
-
-  def __post_init__(self):
-    _check_block(self.block_size)
-
-  def init(self, params, key=None):
-    del key
-    params = _unwrap(params)
-    rows = _init_rows(params, self.plan)
-    quant, rest = {}, params
-    for e in self.plan:
-      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
-      k0 = write_rows_into(k.astype(jnp.float32), e.idx, jnp.zeros((e.rank, e.out_features)))
-      quant[e.path] = quantize_nf4(k0.T, self.block_size, self.double_quant)
-      rest = delete_path(rest, e.path + "/kernel")
-    return {"params": rest, "quant": nested_from_paths(quant)}, rows
-
-  def prepare(self, frozen, trainable):
-    return frozen
-
-  def model_params(self, frozen, trainable):
-    return frozen["params"]
-
-  def context(self, frozen, trainable):
-    plan, block = self.plan, self.block_size
-
-    def compute(module, x, path, next_fun):
-      e = plan[path]
-      _, out_shape = _dense_geometry(module, e.shape)
-      dtype = module.dtype or x.dtype
-      y = nf4_partial_matmul(
-        x.astype(dtype),
-        get_path(frozen["quant"], path),
-        row_values(plan, trainable, path),
-        e.idx,
-        _nf4_geometry(e),
-        block,
-      )
-      b = _bias(module, dtype, out_shape)
-      if b is not None:
-        y = y + b
-      return y.reshape(*x.shape[:-1], *out_shape)
-
-    return _intercepting(plan.paths, compute)
-
-  def merge(self, frozen, trainable, dtype=jnp.float32):
-    params = frozen["params"]
-    for e in self.plan:
-      qd = get_path(frozen["quant"], e.path)
-      k = dequantize_nf4(qd, _nf4_geometry(e), self.block_size, dtype).T
-      k = write_rows_into(k, e.idx, row_values(self.plan, trainable, e.path))
-      params = set_path(params, e.path + "/kernel", k.reshape(e.shape))
-    return params
-
-  def num_trainable(self, trainable=None) -> int:
-    return self.plan.num_trainable()
 
 
 # ------------------------------------------------------------------------------------ LoRA
@@ -457,15 +497,13 @@ def lora_plan(params, targets, rank: int, alpha: float | None = None) -> LoraPla
   return LoraPlan(entries, int(rank), float(rank if alpha is None else alpha))
 
 
-@dataclasses.dataclass(frozen=True)
-class Lora:
-  """LoRA baseline: ``y = x @ W + (alpha / r) * (x @ A) @ B``, A ``(in, r)``, B ``(r, out)``.
+class _LoraBody:
+  """LoRA ``y = base(x) + (alpha / r) * (x @ A) @ B`` over a base that a subclass provides.
 
-  A is initialised like PEFT (uniform in ``±1/sqrt(in)``, per-path key), B with zeros; both float32.
+  ``_frozen(params)`` builds the frozen tree, ``_base_call(frozen)`` answers one intercepted
+  module call with ``(x in the compute dtype, base output, finish)``, and ``_base_kernel(frozen,
+  dtype)`` gives each base kernel as float32 ``(in, out)`` with the dtype the merged kernel gets.
   """
-
-  plan: LoraPlan
-  name: str = "lora"
 
   def init(self, params, key=None):
     params = _unwrap(params)
@@ -476,42 +514,76 @@ class Lora:
       bound = 1.0 / np.sqrt(e.in_features)
       a = jax.random.uniform(k, (e.in_features, self.plan.rank), jnp.float32, -bound, bound)
       out[e.path] = {"a": a, "b": jnp.zeros((self.plan.rank, e.out_features), jnp.float32)}
-    return params, nested_from_paths(out)
+    return self._frozen(params), _nested(out)
 
   def prepare(self, frozen, trainable):
     return frozen
 
-  def model_params(self, frozen, trainable):
-    return frozen
-
   def context(self, frozen, trainable):
-    del frozen
-    scale = self.plan.scale
+    scale, base = self.plan.scale, self._base_call(frozen)
+    adapters = _by_module(trainable, self.plan.paths)
 
     def compute(module, x, path, next_fun):
-      y = next_fun(x)
-      ab = get_path(trainable, path)
-      dt = y.dtype
-      delta = jnp.matmul(jnp.matmul(x.astype(dt), ab["a"].astype(dt)), ab["b"].astype(dt))
-      return y + (scale * delta).reshape(y.shape).astype(dt)
+      xd, y, finish = base(module, x, path, next_fun)
+      ab, dt = adapters[path], xd.dtype
+      delta = jnp.matmul(jnp.matmul(xd, ab["a"].astype(dt)), ab["b"].astype(dt))
+      return finish(y + (scale * delta).reshape(y.shape).astype(dt))
 
     return _intercepting(self.plan.paths, compute)
 
-  def merge(self, frozen, trainable):
-    params = frozen
+  def _merge(self, frozen, trainable, dtype):
+    base = self._base_kernel(frozen, dtype)
+    adapters = _by_module(trainable, self.plan.paths)
+    kernels = {}
     for e in self.plan:
-      k = get_path(params, e.path)["kernel"]
-      ab = get_path(trainable, e.path)
-      d = (self.plan.scale * (ab["a"] @ ab["b"])).reshape(e.shape)
-      params = set_path(params, e.path + "/kernel", (k.astype(jnp.float32) + d).astype(k.dtype))
-    return params
+      k, out_dtype = base(e)
+      ab = adapters[e.path]
+      k = k + self.plan.scale * (ab["a"] @ ab["b"])
+      kernels[e.path] = k.reshape(e.shape).astype(out_dtype)
+    return _set_kernels(self.model_params(frozen, trainable), kernels)
 
   def num_trainable(self, trainable=None) -> int:
     return self.plan.num_trainable()
 
 
 @dataclasses.dataclass(frozen=True)
-class LoraNf4:
+class Lora(_LoraBody):
+  """LoRA baseline: ``y = x @ W + (alpha / r) * (x @ A) @ B``, A ``(in, r)``, B ``(r, out)``.
+
+  A is initialised like PEFT (uniform in ``±1/sqrt(in)``, per-path key), B with zeros; both float32.
+  """
+
+  plan: LoraPlan
+  name: str = "lora"
+
+  def _frozen(self, params):
+    return params
+
+  def model_params(self, frozen, trainable):
+    return frozen
+
+  def _base_call(self, frozen):
+    def call(module, x, path, next_fun):
+      y = next_fun(x)  # the module itself, bias included
+      return x.astype(y.dtype), y, lambda out: out
+
+    return call
+
+  def _base_kernel(self, frozen, dtype):
+    flat = _flat(frozen)
+
+    def kernel(e):
+      k = flat[e.path + "/kernel"]
+      return k.astype(jnp.float32).reshape(e.in_features, e.out_features), k.dtype
+
+    return kernel
+
+  def merge(self, frozen, trainable):
+    return self._merge(frozen, trainable, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraNf4(_LoraBody, _Nf4Store):
   """QLoRA-style baseline: LoRA (as :class:`Lora`) on the same NF4 base as :class:`PacaNf4`.
 
   The targeted kernels are NF4 (whole, no rows zeroed); the adapters ``a``/``b`` are float32.
@@ -522,56 +594,36 @@ class LoraNf4:
   double_quant: bool = False
   name: str = "lora_nf4"
 
-  def __post_init__(self):
-    _check_block(self.block_size)
-
-  def init(self, params, key=None):
-    params = _unwrap(params)
-    _, adapters = Lora(self.plan).init(params, key)
-    quant, rest = {}, params
-    for e in self.plan:
-      k = get_path(params, e.path)["kernel"].reshape(e.in_features, e.out_features)
-      quant[e.path] = quantize_nf4(k.astype(jnp.float32).T, self.block_size, self.double_quant)
-      rest = delete_path(rest, e.path + "/kernel")
-    return {"params": rest, "quant": nested_from_paths(quant)}, adapters
-
-  def prepare(self, frozen, trainable):
-    return frozen
+  def _frozen(self, params):
+    return _quantise(self, params, self.plan, zero_rows=False)
 
   def model_params(self, frozen, trainable):
     return frozen["params"]
 
-  def context(self, frozen, trainable):
-    plan, block = self.plan, self.block_size
+  def _base_call(self, frozen):
+    quant = _by_module(frozen["quant"], self.plan.paths)
 
-    def compute(module, x, path, next_fun):
-      e = plan[path]
+    def call(module, x, path, next_fun):
+      e = self.plan[path]
       _, out_shape = _dense_geometry(module, e.shape)
       dtype = module.dtype or x.dtype
       xd = x.astype(dtype)
-      y = nf4_matmul(xd, get_path(frozen["quant"], path), _nf4_geometry(e), block)
-      ab = get_path(trainable, path)
-      delta = jnp.matmul(jnp.matmul(xd, ab["a"].astype(dtype)), ab["b"].astype(dtype))
-      y = y + (plan.scale * delta).astype(dtype)
       b = _bias(module, dtype, out_shape)
-      if b is not None:
-        y = y + b
-      return y.reshape(*x.shape[:-1], *out_shape)
 
-    return _intercepting(plan.paths, compute)
+      def finish(y):
+        y = y if b is None else y + b
+        return y.reshape(*x.shape[:-1], *out_shape)
+
+      return xd, self._matmul(xd, quant[path], e), finish
+
+    return call
+
+  def _base_kernel(self, frozen, dtype):
+    quant = _by_module(frozen["quant"], self.plan.paths)
+    return lambda e: (self._dequantize(quant[e.path], e, jnp.float32), dtype)
 
   def merge(self, frozen, trainable, dtype=jnp.float32):
-    params = frozen["params"]
-    for e in self.plan:
-      qd = get_path(frozen["quant"], e.path)
-      k = dequantize_nf4(qd, _nf4_geometry(e), self.block_size, jnp.float32).T
-      ab = get_path(trainable, e.path)
-      k = k + self.plan.scale * (ab["a"] @ ab["b"])
-      params = set_path(params, e.path + "/kernel", k.reshape(e.shape).astype(dtype))
-    return params
-
-  def num_trainable(self, trainable=None) -> int:
-    return self.plan.num_trainable()
+    return self._merge(frozen, trainable, dtype)
 
 
 # ------------------------------------------------------------------------------------ full
@@ -603,4 +655,4 @@ class Full:
   def num_trainable(self, trainable=None) -> int:
     if trainable is None:
       raise ValueError("Full.num_trainable needs the trainable tree")
-    return sum(int(np.prod(a.shape)) for _, a in iter_paths(trainable))
+    return sum(int(np.prod(a.shape)) for a in traverse_util.flatten_dict(trainable).values())

@@ -4,9 +4,9 @@ PaCA (Woo et al., ICLR 2025) changes only rows ``idx`` of each kernel, so its up
 rank-``r`` LoRA: ``K' - K0 = s * A @ B`` with ``A`` ``(in, r)`` the one-hot selector
 (``A[idx[j], j] = 1``), ``B = delta = (rows - K0[idx]) / s`` ``(r, out)`` and ``s = alpha / r``.
 
-Three exports, each an atomically written directory (built in a temporary sibling, then
-``os.replace``\\ d into place; an existing directory is only replaced when it is empty or was
-written by this module, recognised by its ``paca_jax_export.json`` marker):
+Three exports, each an atomically written directory (``jaxsteer._src.fileio.atomic_directory``:
+built in a temporary sibling, then renamed into place; an existing directory is only replaced when
+it is empty or was written by this module, recognised by its ``paca_jax_export.json`` marker):
 
 * :func:`save_merged`: a model directory that ``transformers.AutoModelForCausalLM.from_pretrained``
   and ``jaxsteer.load`` both read: ``config.json``, HF tensor names and ``(out, in)`` layouts, the
@@ -34,23 +34,22 @@ Usage::
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 import struct
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 
+from jaxsteer._src import fileio
 from paca_jax._src import hf_names
 from paca_jax._src.adapters import Lora, LoraNf4, Paca, PacaInt8, PacaNf4, row_values
 from paca_jax._src.ops import take_rows
 from paca_jax._src.plan import find_kernels, select
-from paca_jax._src.tree import get_path, set_path
-from paca_jax._src.tree import unwrap as _unwrap
+from paca_jax._src.plan import unwrap_params as _unwrap
 
 __all__ = [
   "DEFAULT_MAX_SHARD_BYTES",
@@ -119,7 +118,8 @@ def _write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
 
 
 def _atomic_dir(directory, write, kind: str) -> pathlib.Path:
-  """Calls ``write(tmp_dir)``, then moves ``tmp_dir`` to ``directory`` atomically.
+  """Calls ``write(tmp_dir)``, then moves ``tmp_dir`` to ``directory`` atomically
+  (``jaxsteer._src.fileio.atomic_directory``).
 
   An existing ``directory`` is replaced only if it is empty or carries this module's marker;
   anything else is refused (``ValueError``) before anything is written.
@@ -132,23 +132,9 @@ def _atomic_dir(directory, write, kind: str) -> pathlib.Path:
       f"refusing to replace {out}: it is not empty and was not written by paca_jax's export "
       f"(no {MARKER}); choose another directory"
     )
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-  old = None
-  try:
+  with fileio.atomic_directory(out) as tmp:
     write(tmp)
     (tmp / MARKER).write_text(json.dumps({"written_by": "paca_jax.export", "kind": kind}))
-    if out.is_dir() and any(out.iterdir()):
-      old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-      os.replace(out, old)  # onto an empty directory: allowed by rename(2)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None and not out.exists():
-      os.replace(old, out)
-    raise
-  if old is not None:
-    shutil.rmtree(old)  # the previous export (it carried the marker)
   return out
 
 
@@ -263,7 +249,7 @@ def save_merged(
 
 
 def _base_kernel(base, e):
-  return get_path(_unwrap(base), e.path)["kernel"].reshape(e.in_features, e.out_features)
+  return find_kernels(base)[e.path].reshape(e.in_features, e.out_features)
 
 
 def to_lora(method, base_params, trainable) -> dict[str, dict]:
@@ -287,8 +273,9 @@ def to_lora(method, base_params, trainable) -> dict[str, dict]:
       k0 = np.asarray(take_rows(_base_kernel(base_params, e), e.idx), np.float32)
       out[e.path] = {"a": a, "b": (rows - k0) / np.float32(s), "scale": s}
   elif isinstance(method, Lora | LoraNf4):
+    flat = traverse_util.flatten_dict(trainable, sep="/")
     for e in method.plan:
-      ab = get_path(trainable, e.path)
+      ab = {"a": flat[e.path + "/a"], "b": flat[e.path + "/b"]}
       out[e.path] = {
         "a": np.asarray(ab["a"], np.float32),
         "b": np.asarray(ab["b"], np.float32),
@@ -301,12 +288,12 @@ def to_lora(method, base_params, trainable) -> dict[str, dict]:
 
 def apply_lora(base_params, adapters):
   """``kernel + scale * a @ b`` for every adapter (float32 accumulation, base dtype out)."""
-  params = _unwrap(base_params)
+  flat = traverse_util.flatten_dict(_unwrap(base_params), keep_empty_nodes=True, sep="/")
   for path, ad in adapters.items():
-    k = get_path(params, path)["kernel"]
+    k = flat[path + "/kernel"]
     d = (ad["scale"] * (jnp.asarray(ad["a"]) @ jnp.asarray(ad["b"]))).reshape(k.shape)
-    params = set_path(params, path + "/kernel", (k.astype(jnp.float32) + d).astype(k.dtype))
-  return params
+    flat[path + "/kernel"] = (k.astype(jnp.float32) + d).astype(k.dtype)
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def _hf_linear_name(path: str, what: str) -> str:
@@ -447,7 +434,7 @@ def load_paca_adapter(directory, base_params):
   )
   if len(plan) != len(indices):
     raise ValueError(f"{st_path}: the params lack modules of {sorted(indices)}")
-  trainable = {}
+  trainable = {}  # {"path/rows": rows}, nested below
   for e in plan:
     name = hf_names.hf_module_name(e.path)
     delta = sd[f"base_model.model.{name}.paca_delta"]
@@ -458,7 +445,5 @@ def load_paca_adapter(directory, base_params):
     s = plan.scale(e.path)
     k0 = np.asarray(take_rows(_base_kernel(base_params, e), e.idx), np.float32)
     rows = k0 + np.float32(s) * delta.T.astype(np.float32)
-    trainable = set_path(
-      trainable, e.path + "/rows", jnp.asarray(rows if s == 1.0 else rows / np.float32(s))
-    )
-  return Paca(plan), trainable
+    trainable[e.path + "/rows"] = jnp.asarray(rows if s == 1.0 else rows / np.float32(s))
+  return Paca(plan), traverse_util.unflatten_dict(trainable, sep="/")

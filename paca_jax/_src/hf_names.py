@@ -23,9 +23,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
-
-from paca_jax._src.tree import iter_paths
-from paca_jax._src.tree import unwrap as _unwrap
+from flax import traverse_util
 
 __all__ = [
   "HF_ARCHITECTURES",
@@ -102,11 +100,13 @@ _LEAVES = {"kernel": "weight", "embedding": "weight", "scale": "weight", "bias":
 def hf_tensors(params) -> dict[str, np.ndarray]:
   """HF tensor names and layouts (linear weights ``(out, in)``) of a Llama-family params tree.
 
+  ``params`` is the inner tree (``variables["params"]``; ``export.hf_state_dict`` takes either).
+
   Raises:
     ValueError: a parameter has no HF name (an architecture this map does not cover).
   """
   out = {}
-  for path, leaf in iter_paths(_unwrap(params)):
+  for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
     module, _, leaf_name = path.rpartition("/")
     name, kind = _lookup(module)
     if name is None or leaf_name not in _LEAVES:

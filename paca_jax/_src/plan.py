@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from paca_jax._src.hf_names import hf_module_name
 from paca_jax._src.ops import validate_indices
@@ -52,6 +53,7 @@ __all__ = [
   "match_targets",
   "path_seed",
   "resolve_module_keys",
+  "unwrap_params",
 ]
 
 # A selector: (kernel as float64 numpy or None, kernel shape, rank, key, path, **options) -> indices.
@@ -205,7 +207,8 @@ class Plan:
     return len(self.entries)
 
 
-def _unwrap(params):
+def unwrap_params(params):
+  """``params["params"]`` when given a Flax variables dict with only a params collection."""
   if isinstance(params, Mapping) and set(params.keys()) == {"params"}:
     return params["params"]
   return params
@@ -213,18 +216,12 @@ def _unwrap(params):
 
 def find_kernels(params) -> dict[str, jax.Array]:
   """All ``kernel`` leaves of a Flax params tree with ndim >= 2, keyed by their module path."""
-  out = {}
-
-  def walk(node, prefix):
-    if isinstance(node, Mapping):
-      for k, v in node.items():
-        if k == "kernel" and hasattr(v, "ndim") and v.ndim >= 2:
-          out["/".join(prefix)] = v
-        else:
-          walk(v, (*prefix, str(k)))
-
-  walk(_unwrap(params), ())
-  return out
+  flat = traverse_util.flatten_dict(unwrap_params(params))
+  return {
+    "/".join(path[:-1]): v
+    for path, v in flat.items()
+    if path[-1] == "kernel" and hasattr(v, "ndim") and v.ndim >= 2
+  }
 
 
 def match_targets(paths: Sequence[str], targets) -> list[str]:

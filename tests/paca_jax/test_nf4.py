@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.traverse_util import flatten_dict
 from tolerances import assert_close
 
 import paca_jax
-from paca_jax._src.tree import get_path
 
 # QLoRA paper, appendix E / bitsandbytes `create_normal_map` (typed in independently).
 QLORA_NF4 = [
@@ -98,7 +98,7 @@ def test_nf4_paca_and_qlora_train_and_merge(tiny):
     assert_close(model.apply({"params": merged}, batch["x"]), want, err_msg=name)
     if name == "paca_nf4":
       e = plan["layers_0/attn/q_proj"]
-      k = np.asarray(get_path(merged, e.path)["kernel"])
+      k = np.asarray(flatten_dict(merged, sep="/")[e.path + "/kernel"])
       np.testing.assert_array_equal(
         k[list(e.idx)], np.asarray(paca_jax.row_values(plan, st.trainable, e.path))
       )
