@@ -6,11 +6,12 @@ Two tables, both plain data, say how a parameter tree is laid out on a mesh:
   from its ``/``-joined path (``layers_0/attn/q_proj/kernel``; inside optimizer states the path
   of the parameter it mirrors, e.g. ``mu/layers_0/attn/q_proj/kernel``): the first pattern that
   ``re.search`` finds wins, and its axes name the leading dimensions (truncated to the leaf's
-  rank; the rest ``None``). jaxsteer's is ``jaxsteer.models.PARAM_LOGICAL_AXES`` (HF module
-  names), paca_jax's is ``paca_jax.PARAM_LOGICAL_AXES`` (leaf names: kernel, rows, a, b, ...);
+  rank; the rest ``None``). jaxsteer's is ``jaxsteer.models.PARAM_LOGICAL_AXES`` (module
+  paths), paca_jax's is ``paca_jax.PARAM_LOGICAL_AXES`` (leaf names: kernel, rows, a, b, ...);
 * a **rule table** ``((logical axis, mesh axis | (mesh axes...) | None), ...)`` (the format of
-  Flax's ``nn.logical_axis_rules``) maps logical axes (``"batch"``, ``"embed"``, ``"mlp"``, ...)
-  to mesh axes: ``jaxsteer.models.DEFAULT_RULES``, ``paca_jax.DEFAULT_RULES``.
+  Flax's ``nn.logical_axis_rules``, one entry per logical axis) maps logical axes (``"batch"``,
+  ``"embed"``, ``"mlp"``, ...) to mesh axes: ``jaxsteer.models.DEFAULT_RULES``,
+  ``paca_jax.DEFAULT_RULES``.
 
 :func:`tree_shardings` / :func:`leaf_spec` turn both into ``NamedSharding``s / ``PartitionSpec``s;
 mesh axes missing from the mesh, already used by an earlier dimension of the same leaf, or not

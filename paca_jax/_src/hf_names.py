@@ -1,10 +1,12 @@
 """Flax parameter paths <-> Hugging Face tensor / module names for Llama-family decoders.
 
-A small, self-contained copy of how ``jaxsteer/_src/models/loading.py`` (``hf_arrays``) maps HF
-tensors to Flax params, run in the other direction, for the exports of PaCA (Woo et al., ICLR 2025)
-and LoRA fine-tunes. It covers the Llama layout (``model_type`` llama, mistral, qwen2) of
-``jaxsteer``'s ``CausalLM`` and ``paca_jax.models.TinyLlama``; when ``jaxsteer.models`` gains an
-architecture registry with HF weight maps, this module should defer to it.
+The Llama layout (``model_type`` llama, mistral, qwen2) of ``jaxsteer``'s ``CausalLM`` and
+``paca_jax.models.TinyLlama``, for target matching and for the exports of PaCA (Woo et al., ICLR
+2025) and LoRA fine-tunes. It is a name table of its own, not jaxsteer's architecture registry
+(``jaxsteer/_src/models/registry.py``), because the registry's weight maps are built from a parsed
+``ModelConfig`` (layer count, tied head, biases, name variants), while here names are needed from a
+module path alone (``select(targets=["model.layers.0.self_attn.q_proj"])``, ``hf_module_name``),
+and ``TinyLlama`` (``attn_norm`` / ``mlp_norm``, an ``LMConfig``) is not a registered architecture.
 
 llama2.c checkpoints need nothing extra: ``jaxsteer``'s reader already permutes the rows of
 ``wq``/``wk`` into HF's ``rotate_half`` order, so their Flax params are in the HF Llama layout.
