@@ -48,9 +48,42 @@ def _batches(tokens, batch, seq, seed):
     yield {"x": x[:, :-1], "y": x[:, 1:]}
 
 
-def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc, cfg):
-  tr = paca_jax.Trainer(method, paca_jax.lm_loss_fn(model), optax.adam(lr))
+def split(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Pre-training (first half), then fine-tuning train (80%), validation (10%), test (10%).
+
+  The four ranges are disjoint; windows drawn from one never cross into another.
+  """
+  half = len(tokens) // 2
+  pre, ft = tokens[:half], tokens[half:]
+  a, b = int(0.8 * len(ft)), int(0.9 * len(ft))
+  return pre, ft[:a], ft[a:b], ft[b:]
+
+
+def choose_lr(validation_loss: dict[float, float]) -> float:
+  """The learning rate with the lowest validation loss (the smaller rate on a tie).
+
+  A rate whose run diverged (non-finite loss) is never chosen; it stays in the recorded grid.
+
+  Raises:
+    ValueError: no rate, or every run diverged (named with its losses).
+  """
+  finite = {lr: v for lr, v in validation_loss.items() if np.isfinite(v)}
+  if not finite:
+    raise ValueError(f"no learning rate with a finite validation loss: {validation_loss}")
+  return min(finite, key=lambda lr: (finite[lr], lr))
+
+
+def _trainer(model, method) -> paca_jax.Trainer:
+  """Adam with the learning rate in its state: one compiled step serves every rate tried."""
+  opt = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+  return paca_jax.Trainer(method, paca_jax.lm_loss_fn(model), opt)
+
+
+def _train(tr, params, lr, steps, tokens, eval_batches, seed, desc, cfg):
   state = tr.init(params, jax.random.key(seed))
+  hp = dict(state.opt_state.hyperparams)
+  hp["learning_rate"] = jnp.asarray(lr, hp["learning_rate"].dtype)
+  state = state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
   losses, times = [], []
   it = _batches(tokens, cfg.batch, cfg.seq, seed)
   for _ in tqdm(range(steps), desc=desc, leave=False):
@@ -63,7 +96,7 @@ def _train(model, params, method, lr, steps, tokens, eval_batches, seed, desc, c
   return {
     "losses": losses,
     "eval_loss": ev,
-    "trainable_params": method.num_trainable(state.trainable),
+    "trainable_params": tr.method.num_trainable(state.trainable),
     "median_step_s": statistics.median(times[2:]) if len(times) > 3 else None,
     # Memory of what the step holds: frozen base (int8 for PaCA-int8) and trainable + Adam.
     "frozen_MiB": sum(a.nbytes for a in jax.tree.leaves(state.frozen)) / 2**20,
@@ -87,59 +120,81 @@ def run(
   if not path.is_file():
     raise FileNotFoundError(f"tinyshakespeare not found at {path}")
   tokens = np.frombuffer(path.read_bytes(), np.uint8).astype(np.int32)
-  half = len(tokens) // 2
-  pre, ft = tokens[:half], tokens[half:]
-  ft_train, ft_eval = ft[: int(0.9 * len(ft))], ft[int(0.9 * len(ft)) :]
+  pre, ft_train, ft_val, ft_eval = split(tokens)
   pre_steps, ft_steps, k = cfg.pretrain_steps, cfg.finetune_steps, cfg.k
 
   model = TinyLlama(CONFIGS["tiny"])
   params = jax.jit(model.init)(jax.random.key(cfg.seed), jnp.zeros((1, 8), jnp.int32))["params"]
   eval_it = _batches(ft_eval, cfg.batch, cfg.seq, 123)
   eval_batches = [next(eval_it) for _ in range(cfg.eval_batches)]
+  val_it = _batches(ft_val, cfg.batch, cfg.seq, 456)
+  val_batches = [next(val_it) for _ in range(cfg.eval_batches)]
   base = _train(
-    model, params, paca_jax.Full(), 3e-3, pre_steps, pre, eval_batches, cfg.seed, "pretrain", cfg
-  )
+    _trainer(model, paca_jax.Full()), params, 3e-3, pre_steps, pre, eval_batches, cfg.seed,
+    "pretrain", cfg,
+  )  # fmt: skip
   base_params = base.pop("merged")
 
-  plan_2k = paca_jax.select(base_params, TARGETS, 2 * k, jax.random.key(1))
-  methods = {
-    "lora": (f"lora_r{k}", lambda: paca_jax.Lora(paca_jax.lora_plan(base_params, TARGETS, k, alpha=2 * k)), 3e-3),
-    "paca": (f"paca_r{2 * k}", lambda: paca_jax.Paca(plan_2k), 1e-3),
-    "paca_int8": (f"paca_int8_r{2 * k}", lambda: paca_jax.PacaInt8(plan_2k), 1e-3),
-    "paca_rk": (
-      f"paca_r{k}",
-      lambda: paca_jax.Paca(paca_jax.select(base_params, TARGETS, k, jax.random.key(1))),
-      1e-3,
-    ),
-    "full": ("full", paca_jax.Full, 1e-3),
+  methods = {  # display name, factory (PaCA's factories depend on the seed: see ``make``)
+    "lora": (f"lora_r{k}", lambda: paca_jax.Lora(paca_jax.lora_plan(base_params, TARGETS, k, alpha=2 * k))),
+    "paca": (f"paca_r{2 * k}", None),
+    "paca_int8": (f"paca_int8_r{2 * k}", None),
+    "paca_rk": (f"paca_r{k}", None),
+    "full": ("full", paca_jax.Full),
   }  # fmt: skip
   unknown = sorted(set(cfg.methods) - set(methods))
   if unknown:
     raise ValueError(f"unknown PaCA-study methods {unknown}; known: {sorted(methods)}")
   loss_one = jax.jit(paca_jax.lm_loss_fn(model))
-  rows = [{"x": b["x"][i : i + 1], "y": b["y"][i : i + 1]} for b in eval_batches
-          for i in range(len(b["x"]))]  # fmt: skip
 
-  def per_sequence(params):
-    return [float(loss_one(params, r)) for r in rows]
+  def rows(batches):
+    return [{"x": b["x"][i : i + 1], "y": b["y"][i : i + 1]} for b in batches
+            for i in range(len(b["x"]))]  # fmt: skip
 
-  results, per_seed = {}, {}
-  for seed in cfg.seeds:  # fine-tuning seeds: data order, adapter init, PaCA's row choice
-    per_seed[seed] = {}
-    plan_2k = paca_jax.select(base_params, TARGETS, 2 * k, jax.random.key(1 + seed))
-    plan_k = paca_jax.select(base_params, TARGETS, k, jax.random.key(1 + seed))
-    methods["paca"] = (methods["paca"][0], lambda p=plan_2k: paca_jax.Paca(p), 1e-3)
-    methods["paca_int8"] = (methods["paca_int8"][0], lambda p=plan_2k: paca_jax.PacaInt8(p), 1e-3)
-    methods["paca_rk"] = (methods["paca_rk"][0], lambda p=plan_k: paca_jax.Paca(p), 1e-3)
-    for key in tqdm([m for m in methods if m in cfg.methods], desc="paca methods"):
-      name, make, lr = methods[key]
-      r = _train(
-        model, base_params, make(), lr, ft_steps, ft_train, eval_batches, 1 + seed, name, cfg
+  test_rows, val_rows = rows(eval_batches), rows(val_batches)
+
+  def per_sequence(params, which):
+    return [float(loss_one(params, r)) for r in which]
+
+  def make(key, seed):
+    """The method ``key`` for fine-tuning seed ``seed`` (PaCA's rows depend on the seed)."""
+    if key in ("paca", "paca_int8", "paca_rk"):
+      plan = paca_jax.select(
+        base_params, TARGETS, k if key == "paca_rk" else 2 * k, jax.random.key(1 + seed)
       )
+      return paca_jax.PacaInt8(plan) if key == "paca_int8" else paca_jax.Paca(plan)
+    return methods[key][1]()
+
+  # Learning rates: each method's is chosen on the validation windows (mean loss per sequence)
+  # with the first fine-tuning seed; every seed is then trained at that rate and reported on the
+  # disjoint test windows (the first seed's run is reused).
+  results, per_seed, selection = {}, {s: {} for s in cfg.seeds}, {}
+  first = cfg.seeds[0]
+  for key in tqdm([m for m in methods if m in cfg.methods], desc="paca methods"):
+    name = methods[key][0]
+    grid, runs = {}, {}
+    tr = _trainer(model, make(key, first))
+    for lr in cfg.lrs:
+      r = _train(tr, base_params, lr, ft_steps, ft_train, eval_batches, 1 + first,
+                 f"{name} lr={lr:g}", cfg)  # fmt: skip
+      grid[lr] = float(np.mean(per_sequence(r["merged"], val_rows)))
+      runs[lr] = r
+    lr = choose_lr(grid)
+    selection[name] = {
+      "validation_loss": {f"{g:g}": v if np.isfinite(v) else None for g, v in grid.items()},
+      "chosen_lr": lr,
+      "seed": first,
+    }
+    for seed in cfg.seeds:  # fine-tuning seeds: data order, adapter init, PaCA's row choice
+      if seed != first and key in ("paca", "paca_int8", "paca_rk"):
+        tr = _trainer(model, make(key, seed))  # other rows: another compiled step
+      r = runs[lr] if seed == first else _train(
+        tr, base_params, lr, ft_steps, ft_train, eval_batches, 1 + seed, f"{name} seed={seed}", cfg
+      )  # fmt: skip
       merged = r.pop("merged")
-      per_seed[seed][name] = {"eval_loss_per_sequence": per_sequence(merged),
+      per_seed[seed][name] = {"eval_loss_per_sequence": per_sequence(merged, test_rows),
                               "step_s": r.pop("step_s")}  # fmt: skip
-      if seed == cfg.seeds[0]:
+      if seed == first:
         results[name] = r
   base_eval = float(
     np.mean([float(paca_jax.lm_loss_fn(model)(base_params, b)) for b in eval_batches])
@@ -182,12 +237,16 @@ def run(
   summary["figures"] = ["loss_curves.png", "time_memory.png"]
   summary["per_seed"] = per_seed
   summary["claims"], summary["headline"] = claims_and_headline(summary, per_seed, k)
+  summary["selection"] = selection
   summary["setting"] = {
     "model": "paca_jax TinyLlama 'tiny' (byte vocabulary), pre-trained here (full, Adam)",
     "data": f"tinyshakespeare bytes: first half pre-training, second half fine-tuning ({path})",
     "seed": {"pretraining": cfg.seed, "fine-tuning": list(cfg.seeds)},
-    "selection": "no hyper-parameter is tuned here: learning rates are fixed a priori (LoRA 3e-3, "
-    "PaCA 1e-3, full 1e-3); eval loss on held-out bytes (last 10% of the fine-tuning half)",
+    "selection": "each method's learning rate chosen from "
+    f"{', '.join(f'{g:g}' for g in cfg.lrs)} on validation windows (80-90% of the fine-tuning "
+    f"half; seed {first}), chosen: "
+    + ", ".join(f"{n} {v['chosen_lr']:g}" for n, v in selection.items())
+    + "; every reported loss on disjoint test windows (last 10%); pre-training lr fixed 3e-3",
     "config": dataclasses.asdict(cfg),
   }
   (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
