@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import reproduce, stats
@@ -28,6 +29,7 @@ def test_smoke_run_and_report(tmp_path, data_dir):
   _check_report_numbers(out, results)
   _check_report_from_results_alone(out, results, tmp_path / "again")
   _check_sgntk_values(out, results)
+  _check_paca_selection(results)
 
 
 def _check_studies(rc, out, results):
@@ -83,6 +85,17 @@ def _check_report_from_results_alone(out, results, again):
   again.mkdir()
   write_report(results, again)
   assert (again / "REPORT.md").read_text() == (out / "REPORT.md").read_text()
+
+
+def _check_paca_selection(results):
+  """Each method's learning rate is the validation argmin, and validation is not the test set."""
+  summary = results["studies"]["paca"]["result"]
+  first = str(results["studies"]["paca"]["setting"]["seed"]["fine-tuning"][0])
+  for name, sel in summary["selection"].items():
+    grid = {float(lr): v for lr, v in sel["validation_loss"].items()}
+    assert sel["chosen_lr"] == min(grid, key=lambda lr: (grid[lr], lr)), (name, sel)
+    test = np.mean(summary["per_seed"][first][name]["eval_loss_per_sequence"])
+    assert abs(grid[sel["chosen_lr"]] - test) > 1e-6, (name, "validation loss equals test loss")
 
 
 def _check_sgntk_values(out, results):
