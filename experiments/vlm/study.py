@@ -310,7 +310,9 @@ def run(cfg: VLMStudyConfig, data_dir, out_dir=None, progress: bool = True, seed
 
   layer = cfg.steer_layer
   fit = dict(layers=[layer], k=cfg.k, steps=cfg.steps, progress=progress)
-  g = grains.fit(lm, pairs, **fit)  # the VLM default: mode "pos"
+  # "pos" (v+ alone) is the released VLM scripts' setting and what the claims call GrAInS (pos);
+  # "both" is the library's default (since issue 12), reported beside it.
+  g = grains.fit(lm, pairs, mode="pos", **fit)
   g_both = grains.fit(lm, pairs, mode="both", **fit)
   c = grains.caa(lm, pairs, layers=[layer])
   norms = g.metadata["residual_norm"]
