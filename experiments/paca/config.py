@@ -9,7 +9,7 @@ Expected headline: the verdicts in ``experiments/results/quick/REPORT.md`` (quic
 pre-training and 40 fine-tuning steps, learning rate per method chosen from 1e-3/3e-3/1e-2/3e-2
 on 32 validation sequences, 2 fine-tuning seeds, 32 test sequences; full: 600/300 steps, 5 rates,
 3 seeds). A grid of 1e-3/3e-3/1e-2 chose its largest rate, 1e-2, for every method, so 3e-2 was
-added. Runtime: 20 trainings of 40 steps (5 methods x 4 rates, plus the second seed) and 9
+added. Runtime: 25 trainings of 40 steps (5 methods x 4 rates, then 5 at the second seed), 9
 compiles (the rate lives in Adam's state); the 3-rate quick run took 40 minutes at load average
 19-24 on the shared 2-core machine (2.0x the fixed-rate run's training steps); the estimate
 above for a quiet machine is not measured. Step-time ratios come from a shared machine.
