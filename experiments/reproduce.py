@@ -317,6 +317,9 @@ def _check_writable(out: pathlib.Path) -> None:
 
 def main(argv=None) -> int:
   """Parses the command line, runs the studies, writes ``results.json`` and ``REPORT.md``."""
+  # Whether JAX ran before this call (tests): checked before the jaxsteer import below, which
+  # imports jax without starting a backend (XLA reads XLA_FLAGS when the backend starts).
+  jax_was_running = "jax" in sys.modules
   from jaxsteer._src.cliutil import OneLineParser  # one-line errors, exit 2
 
   ap = OneLineParser(
@@ -365,8 +368,8 @@ def main(argv=None) -> int:
       ap.error(f"cannot merge: {e}")
     return 0
   # Only before JAX starts (the CLI); in a process that already runs JAX (tests) it would not apply.
-  threads = args.threads if "jax" not in sys.modules else "default (JAX was already running)"
-  if "jax" not in sys.modules:
+  threads = args.threads if not jax_was_running else "default (JAX was already running)"
+  if not jax_was_running:
     set_threads(args.threads)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -304,3 +305,17 @@ def test_merge_refuses_overlapping_or_dirty_runs(tmp_path, capsys):
   with pytest.raises(SystemExit):
     reproduce.main(["--merge", str(a), str(c), "--out", str(tmp_path / "m")])
   assert "clean commits" in _err(capsys)
+
+
+def test_cli_pins_threads_when_jax_has_not_started(tmp_path):
+  """``--threads 1`` (the default) reaches XLA: the CLI's own jaxsteer import must not disable it."""
+  (tmp_path / "data").mkdir()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAXSTEER_DATA"] = str(tmp_path / "data")
+  out = tmp_path / "o"
+  cmd = [sys.executable, "-m", "experiments.reproduce", "--smoke", "--only", "models", "--out",
+         str(out)]  # fmt: skip
+  subprocess.run(cmd, check=True, capture_output=True, cwd=REPO, env=env, timeout=300)
+  environment = json.loads((out / "results.json").read_text())["environment"]
+  assert environment["threads"] == 1
+  assert "--xla_cpu_multi_thread_eigen=false" in environment["xla_flags"]
