@@ -604,6 +604,16 @@ def fit(
     [-0.30, 0.00] at alpha 4 and 8; at 16 ``pca/both`` loses least (-0.125) and the default
     ``mean/both`` most (-0.25 [-0.32, -0.18]; ``pos`` -0.23). The task does not favour the
     default; at the alphas the study chooses from, it does not separate the settings.
+  - toy LLaVA study (one seed, 24 triggered + 24 clean validation items, hallucination rate over
+    both, unsteered 0.5: 1.0 triggered, 0.0 clean; lower is better): at alpha 1
+    ``prompt/pca/pos`` lowers it most, -0.35 [-0.50, -0.23], then CAA -0.21 [-0.33, -0.10] and
+    ``prompt/pca/both`` -0.17 [-0.31, -0.08]; the default ``all/mean/both`` changes it by +0.06
+    [-0.10, +0.23] (no help), and at alpha 2-3 nothing helps. This study prefers another
+    setting (the released VLM scripts' ``mode="pos"``, prompt tokens, PCA).
+
+  The defaults stay: they are best where the settings separate on text (stories), the synthetic
+  task separates nothing, and the VLM study's preference rests on one seed and 48 items; for
+  image + text pairs, try ``candidates="prompt", aggregate="pca", mode="pos"`` on validation data.
 
   Args:
     lm: a ``LanguageModel``.
