@@ -315,12 +315,34 @@ def _check_writable(out: pathlib.Path) -> None:
   os.unlink(probe)
 
 
+def _jax_backend_started() -> bool:
+  """Whether a JAX backend has started in this process (XLA reads ``XLA_FLAGS`` when it starts).
+
+  Importing jax (as ``jaxsteer`` and ``experiments.report`` do) starts none; running anything
+  does (tests). JAX has no public query, so this asks its ``xla_bridge``; if that ever goes away,
+  a started backend is assumed (threads then stay at the frameworks' defaults, as recorded).
+  """
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge
+
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return True
+
+
 def main(argv=None) -> int:
   """Parses the command line, runs the studies, writes ``results.json`` and ``REPORT.md``."""
-  # Whether JAX ran before this call (tests): checked before the jaxsteer import below, which
-  # imports jax without starting a backend (XLA reads XLA_FLAGS when the backend starts).
-  jax_was_running = "jax" in sys.modules
   from jaxsteer._src.cliutil import OneLineParser  # one-line errors, exit 2
+
+  # Threads are pinned only for the command line: an in-process call (tests) keeps the process's
+  # settings, and once a backend has started XLA would ignore the flags anyway.
+  pin_reason = (
+    "default (JAX was already running)" if _jax_backend_started()
+    else "default (called in-process)" if argv is not None
+    else None
+  )  # fmt: skip
 
   ap = OneLineParser(
     prog="python -m experiments.reproduce",
@@ -367,9 +389,8 @@ def main(argv=None) -> int:
     except (OSError, ValueError, KeyError) as e:
       ap.error(f"cannot merge: {e}")
     return 0
-  # Only before JAX starts (the CLI); in a process that already runs JAX (tests) it would not apply.
-  threads = args.threads if not jax_was_running else "default (JAX was already running)"
-  if not jax_was_running:
+  threads = args.threads if pin_reason is None else pin_reason
+  if pin_reason is None:
     set_threads(args.threads)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
