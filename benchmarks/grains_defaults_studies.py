@@ -201,10 +201,14 @@ def main(argv=None):
   ap.add_argument("--out")
   args = ap.parse_args(argv)
   data = pathlib.Path(args.data)
+  names = [n for n in args.only.split(",") if n]
+  unknown = sorted(set(names) - {"stories", "synthetic", "vlm"})
+  if unknown or not names:
+    ap.error(f"unknown studies {unknown}; known: stories, synthetic, vlm")
   out = {"settings": [f"{c}/{a}/{m}" for c, a, m in SETTINGS], "default": DEFAULT,
          "pairing": "matched", "ci_level_percent": round(100 * stats.LEVEL), "studies": {},
          "loadavg_start": list(os.getloadavg())}  # fmt: skip
-  for name in args.only.split(","):
+  for name in names:
     t0 = time.perf_counter()
     res = {"stories": lambda: run_stories(data), "synthetic": run_synthetic,
            "vlm": lambda: run_vlm(data)}[name]()  # fmt: skip
