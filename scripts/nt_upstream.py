@@ -55,6 +55,7 @@ SDIST = f"neural-tangents-{NT_VERSION}.tar.gz"
 SDIST_SHA256 = "5565190e5b20c8578b2c8fbf1498ad9d8f6881c8c702e7af55189707a10843c3"
 REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFTEST = REPO / "scripts" / "nt_upstream_conftest.py"
+COMPAT = REPO / "ntk" / "_src" / "compat.py"  # its hash is recorded per file (which patches ran)
 
 # (file, old text, new text, why it cannot hide a library gap)
 REWRITES = (
@@ -288,6 +289,23 @@ def table(runs: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def load_resume(path: pathlib.Path | None, cases: int, x64: bool) -> dict | None:
+  """The earlier (possibly partial) result at path, or None; refuses another setting's file."""
+  if path is None:
+    raise UsageError("--resume needs --json (the result to continue)")
+  if not path.is_file():
+    return None
+  res = json.loads(path.read_text())
+  if res.get("cases") != cases or bool(res.get("x64")) != x64:
+    raise UsageError(
+      f"--resume: {path} holds cases={res.get('cases')} x64={res.get('x64')}, "
+      f"not cases={cases} x64={x64}"
+    )
+  res.setdefault("not_run_budget", [])
+  res["returncode"] = res.get("returncode", 0)
+  return res
+
+
 def write_json(path: pathlib.Path, obj) -> None:
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(obj, indent=1))
@@ -305,6 +323,8 @@ def main(argv=None) -> int:
   ap.add_argument("--sdist", type=pathlib.Path, default=None, help="an already downloaded sdist")
   ap.add_argument("--json", type=pathlib.Path, default=None, help="write the result here")
   ap.add_argument("--log", type=pathlib.Path, default=None, help="pytest output here")
+  ap.add_argument("--resume", action="store_true",
+                  help="keep the files already in --json (same --cases/--x64) and run the others")  # fmt: skip
   ap.add_argument("--table", nargs="+", type=pathlib.Path, default=None,
                   help="OUT.md RUN.json...: write the markdown table of earlier runs, then exit")  # fmt: skip
   ap.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
@@ -334,18 +354,28 @@ def main(argv=None) -> int:
       files = args.files or (list(CI_FILES) if ci else every)
       budget = args.budget if args.budget is not None else (CI_BUDGET_S if ci else 0)
       res, t_start = None, time.time()
+      if args.resume:
+        res = load_resume(args.json, cases, args.x64)
+      planned = list(files)
       # One pytest run per file, the JSON rewritten after each (partial results are kept); with a
       # budget, no new file starts once it is spent (those files are listed as not run).
       for rel in files:
+        if res is not None and rel in res["files"]:
+          continue  # --resume: finished in an earlier run
         if budget and time.time() - t_start > budget:
           res["not_run_budget"].append(rel)
           continue
         log = args.log.with_suffix(f".{pathlib.Path(rel).stem}.log") if args.log else None
         extra = (*CI_PYTEST_ARGS, *args.pytest_args) if ci else args.pytest_args
         one = run_pytest(suite, [rel], cases, args.x64, args.timeout, (), extra, log)
+        for entry in one["files"].values():  # where and under what load each row was taken
+          entry["loadavg"] = [round(x, 1) for x in one["loadavg"]]
+          entry["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+          entry["compat_sha256"] = hashlib.sha256(COMPAT.read_bytes()).hexdigest()[:12]
         if res is None:
-          res = dict(one, returncode=0, not_run_budget=[])
+          res = dict(one, returncode=0, not_run_budget=[], planned=planned)
         else:
+          res.setdefault("planned", planned)
           res["files"].update(one["files"])
           res["wall_s"] = round(res["wall_s"] + one["wall_s"], 1)
           res["loadavg"] = one["loadavg"]
