@@ -28,6 +28,11 @@ exist only while NT's modules execute their import statements, plus one stub mod
    ``jnp.dtype`` of arrays, ``lu.wrap_init`` debug info, the new ``ad.linearize`` signature,
    ``core.DShapedArray``), and ports of three small functions (``_eqn_vjp_fn``,
    ``_write_cotangent``, ``_get_flops``) to JAX 0.10's transpose tables and ``cost_analysis``.
+4. In ``neural_tangents._src.predict`` only, the same way (``PREDICT_PATCHES``): ``sp`` becomes a
+   proxy whose ``linalg.eigvalsh`` maps SciPy's removed ``eigvals=`` keyword to
+   ``subset_by_index=`` (``max_learning_rate``), and ``_get_cho_solve`` / ``_get_fns_in_eigenbasis``
+   factorise a traced kernel in its own trace instead of leaking it out of ``eval_context``
+   (``gradient_descent_mse`` under ``vmap``/``jit``).
 
 Works afterwards (tested in ``tests/ntk/test_compat.py``, and by NT's own test suite through
 ``scripts/nt_upstream.py``, table in docs/ntk_upstream.md): ``stax`` layers and their
@@ -367,6 +372,119 @@ def apply_empirical_patches(empirical, names=None) -> None:
       fn(empirical)
 
 
+# ------------------------------------------------------------------ runtime patches (predict.py)
+#
+# The same rule for ``neural_tangents._src.predict``: each patch rebinds ONE module-level name of
+# that module (``PREDICT_PATCHES``), tested on its own in ``tests/ntk/test_compat.py``. Both gaps
+# were found by NT's own ``tests/predict_test.py`` (docs/ntk_upstream.md).
+
+
+class _ScipyLinalgProxy(types.ModuleType):
+  """``scipy.linalg`` whose ``eigvalsh`` still takes NT's ``eigvals=(lo, hi)`` keyword.
+
+  SciPy 1.14 removed the keyword (deprecated since 1.5) in favour of ``subset_by_index=[lo, hi]``,
+  the same inclusive index range, so ``nt.predict.max_learning_rate`` raised ``TypeError`` on CPU.
+  """
+
+  def __init__(self, linalg):
+    super().__init__("scipy.linalg")
+    self._linalg = linalg
+
+  def __getattr__(self, name):
+    return getattr(self._linalg, name)
+
+  def eigvalsh(self, a, b=None, *args, eigvals=None, **kwargs):
+    if eigvals is not None:
+      if kwargs.get("subset_by_index") is not None:
+        raise TypeError("eigvalsh: give eigvals or subset_by_index, not both")
+      kwargs["subset_by_index"] = list(eigvals)
+    return self._linalg.eigvalsh(a, b, *args, **kwargs)
+
+
+class _ScipyProxy(types.ModuleType):
+  """``scipy`` as NT's predict module sees it: ``sp.linalg`` is ``_ScipyLinalgProxy``."""
+
+  def __init__(self, sp):
+    super().__init__("scipy")
+    self._sp = sp
+    import scipy.linalg
+
+    self.linalg = _ScipyLinalgProxy(scipy.linalg)
+
+  def __getattr__(self, name):
+    return getattr(self._sp, name)
+
+
+def _patch_sp(predict):
+  if not isinstance(predict.sp, _ScipyProxy):
+    predict.sp = _ScipyProxy(predict.sp)
+
+
+def _in_operand_trace(fn):
+  """Runs ``fn(matrix, ...)`` in the trace ``matrix`` belongs to, as NT 0.6.5 relied on.
+
+  ``gradient_descent_mse`` factorises the train-train kernel once, inside
+  ``jax.core.eval_context()`` (so that a solver ``lru_cache``d on first use never holds tracers of
+  a ``jit`` it happened to be called in), through ``_get_cho_solve`` / ``_get_fns_in_eigenbasis``.
+  Before JAX's stackless tracing (0.4.36) an operation on a tracer ran in that tracer's own trace
+  even inside ``eval_context``; now it runs in the ambient eval trace and JAX raises
+  ``UnexpectedTracerError`` whenever the kernel itself is a tracer (``gradient_descent_mse`` under
+  ``vmap``/``jit``/``grad``, e.g. NT's ``testNTKMeanCovPrediction``). The wrapper restores the
+  old rule: a traced matrix is factorised in its own trace; a concrete one exactly as before
+  (eagerly, under NT's ``eval_context``). The returned solver closes over values of the kernel's
+  trace, as it did in NT 0.6.5 on older JAX.
+  """
+  import functools
+
+  if getattr(fn, "_ntk_compat_wrapped", False):
+    return fn
+
+  @functools.wraps(fn)
+  def wrapped(matrix, *args, **kwargs):
+    import jax
+    from jax._src import core as core_src
+
+    if not isinstance(matrix, jax.core.Tracer):
+      return fn(matrix, *args, **kwargs)
+    with core_src.set_current_trace(matrix._trace):
+      out = fn(matrix, *args, **kwargs)
+      # _get_fns_in_eigenbasis returns a generator: build its functions here, in this trace.
+      return tuple(out) if isinstance(out, types.GeneratorType) else out
+
+  wrapped._ntk_compat_wrapped = True
+  return wrapped
+
+
+def _wrapper_setter(name):
+  def patch(predict):
+    setattr(predict, name, _in_operand_trace(getattr(predict, name)))
+
+  return patch
+
+
+# (name rebound in neural_tangents._src.predict, what it fixes, apply function)
+PREDICT_PATCHES: tuple[tuple[str, str, object], ...] = (
+  ("sp", "scipy.linalg.eigvalsh(eigvals=) removed in SciPy 1.14 (max_learning_rate)", _patch_sp),
+  (
+    "_get_cho_solve",
+    "traced kernel factorised under eval_context: UnexpectedTracerError (gradient_descent_mse)",
+    _wrapper_setter("_get_cho_solve"),
+  ),
+  (
+    "_get_fns_in_eigenbasis",
+    "as _get_cho_solve, for finite-time predictions (gradient_descent_mse)",
+    _wrapper_setter("_get_fns_in_eigenbasis"),
+  ),
+)
+
+
+def apply_predict_patches(predict, names=None) -> None:
+  """Applies the runtime patches (all, or those in ``names``) to NT's predict module."""
+  for name, _, fn in PREDICT_PATCHES:
+    if names is None or name in names:
+      fn(predict)
+
+
 # The JAX versions ntk is tested with; the same range as the ``ntk`` extra in pyproject.toml
 # (tests/ntk/test_compat.py checks both agree). scripts/ntk_newest_jax.sh runs the ntk tests
 # against the newest JAX on the package registry.
@@ -423,4 +541,5 @@ def import_neural_tangents() -> types.ModuleType:
       f"{INSTALL_COMMAND}"
     )
   apply_empirical_patches(importlib.import_module("neural_tangents._src.empirical"))
+  apply_predict_patches(importlib.import_module("neural_tangents._src.predict"))
   return nt

@@ -15,6 +15,11 @@ nt = ntk.nt  # neural_tangents, imported by ntk under the compatibility layer
 stax = nt.stax
 
 
+def enable_x64():
+  """Scoped float64 references (``jax.experimental.enable_x64`` is ``jax.enable_x64`` now)."""
+  return jax.enable_x64(True)
+
+
 def _x(n, d=3, seed=0):
   return jax.random.normal(jax.random.PRNGKey(seed), (n, d))
 
@@ -267,6 +272,102 @@ def test_patch_get_flops_reads_cost_analysis_dict():
   flops = _empirical()._get_flops(f, True, a)
   expect = jax.jit(f).lower(a).compile().cost_analysis()["flops"]
   assert flops == expect and flops >= 2 * 8 * 8 * 5 - 8 * 8
+
+
+def _predict_module():
+  import neural_tangents._src.predict as predict
+
+  return predict
+
+
+def test_patch_list_predict_is_applied_in_full():
+  predict = _predict_module()
+  names = [p[0] for p in ntk._compat.PREDICT_PATCHES]
+  assert names == ["sp", "_get_cho_solve", "_get_fns_in_eigenbasis"]
+  assert isinstance(predict.sp, ntk._compat._ScipyProxy)
+  for name in names[1:]:
+    assert getattr(predict, name)._ntk_compat_wrapped, name
+  import scipy.linalg
+
+  assert "eigvals" not in scipy.linalg.eigvalsh.__code__.co_varnames  # SciPy itself untouched
+
+
+def test_patch_sp_eigvalsh_keyword_max_learning_rate():
+  import scipy.linalg
+
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(7, 7))
+  k = a @ a.T + 0.1 * np.eye(7)
+  evals = np.linalg.eigh(k)[0]  # independent reference: numpy's LAPACK driver, float64
+  with pytest.raises(TypeError, match="eigvals"):  # the gap: SciPy >= 1.14 has no such keyword
+    scipy.linalg.eigvalsh(k, eigvals=(6, 6))
+  sp_ = _predict_module().sp
+  np.testing.assert_allclose(sp_.linalg.eigvalsh(k, eigvals=(0, 2)), evals[:3], rtol=1e-12)
+  np.testing.assert_allclose(sp_.linalg.eigvalsh(k), evals, rtol=1e-12)  # pass-through
+  # NT's max_learning_rate: 2 (1 + momentum) * y_size / (lambda_max + eps); the top eigenvalue
+  # taken from numpy, the kernel given as NT's 4-D (n, n, 1, 1) layout and as a 2-D matrix.
+  for kernel, y_size, m in ((k, None, 0.0), (k[:, :, None, None], 14, 0.9)):
+    with enable_x64():  # NT's make_2d goes through jnp
+      lr = nt.predict.max_learning_rate(kernel, y_train_size=y_size, momentum=m)
+    expect = 2 * (1 + m) * (y_size or 7) / (evals[-1] + 1e-12)
+    np.testing.assert_allclose(lr, expect, rtol=1e-12)
+
+
+def _gd_mse_closed_form(k_dd, k_td, y, f0_train, f0_test, t):
+  """Gradient-descent MSE dynamics of a linearised model, float64 numpy/scipy (no eigh, no NT):
+  f_train(t) = y + exp(-K t / n) (f0 - y), f_test(t) = f0_test + K_td K^-1 (f_train(t) - f0)
+  (NT's normalisation: the loss is averaged over the n = y.size outputs; t = None: t = inf)."""
+  import scipy.linalg
+
+  n = y.size
+  decay = np.zeros_like(k_dd) if t is None else scipy.linalg.expm(-k_dd * t / n)
+  f_train = y + decay @ (f0_train - y)
+  f_test = f0_test + k_td @ np.linalg.solve(k_dd, f_train - f0_train)
+  return f_train, f_test
+
+
+@pytest.mark.parametrize("t", [2.5, None], ids=["finite_t", "t_inf"])
+def test_patch_predict_factorises_a_traced_kernel(t):
+  # NT's testNTKMeanCovPrediction builds gradient_descent_mse from kernels computed inside
+  # vmap; without the patch the factorisation leaks a tracer out of eval_context.
+  rng = np.random.default_rng(0)
+  n_ens, n, m, c = 3, 5, 2, 2
+  a = rng.normal(size=(n_ens, n + m, 6))
+  k_all = a @ a.transpose(0, 2, 1) / 6 + 0.5 * np.eye(n + m)
+  k_dd, k_td = k_all[:, :n, :n], k_all[:, n:, :n]
+  y = rng.normal(size=(n, c))
+  f0_train, f0_test = rng.normal(size=(n_ens, n, c)), rng.normal(size=(n_ens, m, c))
+  with enable_x64():
+
+    def member(k_dd, k_td, f0_train, f0_test):
+      fn = nt.predict.gradient_descent_mse(k_dd, jnp.asarray(y), diag_reg=0.0)
+      return fn(t, f0_train, f0_test, k_td)
+
+    for transform in (jax.vmap(member), jax.jit(jax.vmap(member))):
+      got_train, got_test = transform(k_dd, k_td, f0_train, f0_test)
+      for i in range(n_ens):
+        exp_train, exp_test = _gd_mse_closed_form(k_dd[i], k_td[i], y, f0_train[i], f0_test[i], t)
+        np.testing.assert_allclose(got_train[i], exp_train, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got_test[i], exp_test, rtol=1e-9, atol=1e-9)
+
+
+def test_patch_predict_concrete_kernel_still_cached_outside_jit():
+  # A concrete kernel is factorised eagerly as in NT (eval_context): the solver cached on a first
+  # call inside jit holds no tracer of that jit, so a later call outside it works.
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(4, 4))
+  with enable_x64():
+    k = jnp.asarray(a @ a.T + np.eye(4))
+    y = jnp.asarray(rng.normal(size=(4, 1)))
+    fn = nt.predict.gradient_descent_mse(k, y)
+    f0 = jnp.zeros_like(y)
+    inside = jax.jit(lambda f: fn(1.0, f))(f0)
+    outside = fn(1.0, f0)
+    exp_train, _ = _gd_mse_closed_form(
+      np.asarray(k), np.zeros((0, 4)), np.asarray(y), 0 * y, 0, 1.0
+    )
+    np.testing.assert_allclose(inside, exp_train, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(outside, exp_train, rtol=1e-9, atol=1e-9)
 
 
 def test_predict_and_batch():
