@@ -43,6 +43,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -124,6 +125,10 @@ CI_BUDGET_S = 300
 
 class UsageError(Exception):
   pass
+
+
+def _terminate(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
 
 
 def check_library_source() -> None:
@@ -323,12 +328,17 @@ def main(argv=None) -> int:
   ap.add_argument("--sdist", type=pathlib.Path, default=None, help="an already downloaded sdist")
   ap.add_argument("--json", type=pathlib.Path, default=None, help="write the result here")
   ap.add_argument("--log", type=pathlib.Path, default=None, help="pytest output here")
+  ap.add_argument("--first", nargs="*", default=(),
+                  help="run these files first (the others follow in alphabetical order)")  # fmt: skip
   ap.add_argument("--resume", action="store_true",
                   help="keep the files already in --json (same --cases/--x64) and run the others")  # fmt: skip
   ap.add_argument("--table", nargs="+", type=pathlib.Path, default=None,
                   help="OUT.md RUN.json...: write the markdown table of earlier runs, then exit")  # fmt: skip
   ap.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
   args = ap.parse_args(argv)
+  # SIGTERM (a time limit, `kill`) ends the run like Ctrl-C: the running pytest is killed, the
+  # temporary directory removed, and the JSON keeps every finished file (--resume continues).
+  signal.signal(signal.SIGTERM, _terminate)
   try:
     if args.table:
       if len(args.table) < 2:
@@ -352,6 +362,10 @@ def main(argv=None) -> int:
       cases = args.cases or (CI_CASES if ci else 4)
       every = sorted(str(p.relative_to(suite)) for p in suite.rglob("*_test.py"))
       files = args.files or (list(CI_FILES) if ci else every)
+      unknown = [f for f in (*files, *args.first) if f not in every]
+      if unknown:
+        raise UsageError(f"no such test file in the sdist: {', '.join(unknown)}")
+      files = [f for f in args.first if f in files] + [f for f in files if f not in args.first]
       budget = args.budget if args.budget is not None else (CI_BUDGET_S if ci else 0)
       res, t_start = None, time.time()
       if args.resume:
@@ -392,6 +406,10 @@ def main(argv=None) -> int:
   except UsageError as e:
     print(f"nt_upstream: error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt as e:
+    where = f"; finished files are in {args.json} (--resume continues)" if args.json else ""
+    print(f"nt_upstream: interrupted ({e or 'SIGINT'}){where}", file=sys.stderr)
+    return 130
   res["mode"] = args.mode
   tot = {k: sum(f[k] for f in res["files"].values()) for k in ("passed", "failed", "skipped")}
   summary = {"totals": tot, "wall_s": res["wall_s"], "x64": res["x64"]}
