@@ -259,6 +259,7 @@ def merge_runs(runs: list[dict]) -> list[dict]:
       m["files"].update(run["files"])
       m["wall_s"] = round(m["wall_s"] + run["wall_s"], 1)
       m["loadavg"] = run["loadavg"]
+      m["planned"] = sorted(set(m.get("planned", ())) | set(run.get("planned", ())))
   return list(merged.values())
 
 
@@ -273,14 +274,20 @@ def table(runs: list[dict]) -> str:
       f"{tot['passed']} passed, {tot['failed']} failed, {tot['skipped']} skipped; wall "
       f"{run['wall_s']} s, load average {', '.join(f'{x:.1f}' for x in run['loadavg'])}.",
       "",
-      "| file | passed | failed | skipped | time (s) |",
-      "|---|---:|---:|---:|---:|",
+      "| file | passed | failed | skipped | time (s) | finished (UTC) | load avg 1/5/15 min |",
+      "|---|---:|---:|---:|---:|---|---|",
     ]
     for rel in sorted(run["files"]):
       f = run["files"][rel]
+      load = "/".join(f"{x:.1f}" for x in f["loadavg"]) if f.get("loadavg") else "-"
+      when = f.get("finished_utc", "-").replace("T", " ").rstrip("Z")
       lines.append(
-        f"| {rel} | {f['passed']} | {f['failed']} | {f['skipped']} | {f['time_s']:.0f} |"
+        f"| {rel} | {f['passed']} | {f['failed']} | {f['skipped']} | {f['time_s']:.0f} "
+        f"| {when} | {load} |"
       )
+    not_run = [r for r in run.get("planned", ()) if r not in run["files"]]
+    for rel in not_run:
+      lines.append(f"| {rel} | not run (time) | | | | | |")
     if run.get("not_run_budget"):
       lines.append(f"Not run (time budget): {', '.join(run['not_run_budget'])}.")
     lines.append("")
@@ -292,6 +299,14 @@ def table(runs: list[dict]) -> str:
         lines.append(f"| {rel} | `{n['test']}` | {n['status']} | {reason} |")
       lines.append("")
   return "\n".join(lines)
+
+
+def order_files(every: list[str], files, first) -> list[str]:
+  """files, those named in first moved to the front (in first's order); unknown names refused."""
+  unknown = [f for f in (*files, *first) if f not in every]
+  if unknown:
+    raise UsageError(f"no such test file in the sdist: {', '.join(unknown)}")
+  return [f for f in first if f in files] + [f for f in files if f not in first]
 
 
 def load_resume(path: pathlib.Path | None, cases: int, x64: bool) -> dict | None:
@@ -311,10 +326,30 @@ def load_resume(path: pathlib.Path | None, cases: int, x64: bool) -> dict | None
   return res
 
 
+TABLE_BEGIN = "<!-- nt_upstream --table: generated below, do not edit by hand -->"
+TABLE_END = "<!-- nt_upstream --table: end -->"
+
+
+def write_table(out: pathlib.Path, text: str) -> None:
+  """Writes the tables into out between TABLE_BEGIN and TABLE_END (the prose around is kept);
+  a file without the markers is refused (a new file is written whole, with them)."""
+  from jaxsteer._src.fileio import atomic_write_text
+
+  block = f"{TABLE_BEGIN}\n\n{text.rstrip()}\n\n{TABLE_END}"
+  if not out.exists():
+    atomic_write_text(out, block + "\n")
+    return
+  doc = out.read_text()
+  if doc.count(TABLE_BEGIN) != 1 or doc.count(TABLE_END) != 1:
+    raise UsageError(f"{out} has no single {TABLE_BEGIN!r} ... {TABLE_END!r} block to replace")
+  head, rest = doc.split(TABLE_BEGIN)
+  atomic_write_text(out, head + block + rest.split(TABLE_END, 1)[1])
+
+
 def write_json(path: pathlib.Path, obj) -> None:
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=1))
-  os.replace(tmp, path)
+  from jaxsteer._src.fileio import atomic_write_json
+
+  atomic_write_json(path, obj)
 
 
 def main(argv=None) -> int:
@@ -344,9 +379,7 @@ def main(argv=None) -> int:
       if len(args.table) < 2:
         raise UsageError("--table needs OUT.md and at least one RUN.json")
       runs = [json.loads(p.read_text()) for p in args.table[1:]]
-      tmp = args.table[0].with_suffix(".tmp")
-      tmp.write_text(table(runs))
-      os.replace(tmp, args.table[0])
+      write_table(args.table[0], table(runs))
       return 0
     if args.cases is not None and args.cases < 1:
       raise UsageError(f"--cases must be >= 1, got {args.cases}")
@@ -362,10 +395,7 @@ def main(argv=None) -> int:
       cases = args.cases or (CI_CASES if ci else 4)
       every = sorted(str(p.relative_to(suite)) for p in suite.rglob("*_test.py"))
       files = args.files or (list(CI_FILES) if ci else every)
-      unknown = [f for f in (*files, *args.first) if f not in every]
-      if unknown:
-        raise UsageError(f"no such test file in the sdist: {', '.join(unknown)}")
-      files = [f for f in args.first if f in files] + [f for f in files if f not in args.first]
+      files = order_files(every, files, args.first)
       budget = args.budget if args.budget is not None else (CI_BUDGET_S if ci else 0)
       res, t_start = None, time.time()
       if args.resume:
