@@ -7,7 +7,9 @@ surrogate derivative g(h). Each surrogate here provides
 
 * ``grad(x)``: g(x), used by finite networks in the backward pass;
 * ``smoothed(s2)``: H_g(s2) = E[g(s xi)], xi ~ N(0, 1), s = sqrt(s2) -- closed form where one
-  exists, quadrature otherwise. It is all the SG-NTK needs for jump/erf-like true activations
+  exists, else a Chebyshev fit built once and checked against float64 quadrature (precomputed
+  for fast sigmoid and triangle; built on first use for any other surrogate, user-registered ones
+  included: ``surrogate_fit``). It is all the SG-NTK needs for jump/erf-like true activations
   (see ``ntk/_src/kernels.py``);
 * ``gaussian``: ``(mass, var)`` if g(v) = mass * N(v; 0, var), else ``None`` (enables the fully
   closed-form mixed kernel of spec section 2.5).
@@ -63,9 +65,30 @@ class SurrogateDerivative:
     """``(mass, var)`` if g(v) = mass * N(v; 0, var), else ``None``."""
     return None
 
+  @property
+  def fit_scale(self) -> float:
+    """A width over which g changes, in units of its argument (e.g. 1 / beta); a hint for the
+    Chebyshev fit of H_g (``surrogate_fit``), which is valid for every s either way."""
+    return 1.0
+
+  @property
+  def fit_kinks(self) -> tuple[float, ...]:
+    """Points x > 0 where g is not smooth (e.g. the triangle's width); breakpoints for the
+    reference quadrature of ``surrogate_fit`` (adaptive quadrature finds unlisted ones, slower)."""
+    return ()
+
   def smoothed(self, s2):
-    """H_g(s2) = E[g(sqrt(s2) xi)], xi ~ N(0, 1) (elementwise over ``s2 >= 0``)."""
-    return _half_line_quadrature(self.grad, s2)
+    """H_g(s2) = E[g(sqrt(s2) xi)], xi ~ N(0, 1) (elementwise over ``s2 >= 0``).
+
+    Default (any surrogate without a closed form, user-registered ones included): the Chebyshev
+    fit ``surrogate_fit(self)``, built once per surrogate and checked against float64 adaptive
+    quadrature (relative error <= GENERIC_FIT_REL_ERR_BOUND); if no fit meets the bound, the
+    96-node half-line rule with a ``SurrogateFitWarning`` naming the error."""
+    fit = surrogate_fit(self)
+    if fit is None:
+      return _half_line_quadrature(self.grad, s2)
+    s = jnp.sqrt(jnp.maximum(jnp.asarray(s2), 0.0))
+    return _clenshaw(fit.c, fit.coef, s / fit.scale)
 
 
 # Gauss-Legendre nodes on [0, L] for 2 * int_0^L phi(x) g(s x) dx (g even). g may have a kink at 0
@@ -244,6 +267,11 @@ def chebyshev_fit(shape: str) -> tuple[float, tuple[float, ...]]:
 def eval_fit(shape: str, t):
   """H_h(t) from the Chebyshev fit, elementwise over ``t >= 0`` (dtype of ``t``)."""
   c, coef = chebyshev_fit(shape)
+  return _clenshaw(c, coef, t)
+
+
+def _clenshaw(c: float, coef, t):
+  """R(u) / (1 + t), u = (t - c) / (t + c), R = sum_k coef_k T_k(u) (Clenshaw), over t >= 0."""
   t = jnp.asarray(t)
   u = 1.0 - (2.0 * c) / (t + c)  # = (t - c) / (t + c); t = inf -> u = 1
   u2 = 2.0 * u
@@ -253,6 +281,122 @@ def eval_fit(shape: str, t):
     b1, b2 = a + u2 * b1 - b2, b1
   r = coef[0] + u * b1 - b2
   return r / (1.0 + t)
+
+
+# ------------------------------------------------ fits for any surrogate (user-registered too)
+#
+# A surrogate without a closed form or a precomputed shape fit (every user-registered one) gets the
+# same kind of fit, built once per surrogate instance (cached; instances are frozen dataclasses):
+# h(y) = (g(scale y) + g(-scale y)) / 2 (scale = ``fit_scale``; the symmetrisation makes
+# E[g(s xi)] = E[h(s xi / scale)] exact for non-even g too), R(u) = (1 + t) H_h(t) on
+# u = (t - 1) / (t + 1), interpolated at GENERIC_FIT_DEGS[0] + 1 Chebyshev nodes with node values
+# from float64 adaptive quadrature (``reference_smoothing_many``, relative tolerance 1e-13). The fit
+# is then CHECKED against that quadrature at GENERIC_FIT_CHECK_T (t = 0 and 49 log-spaced points
+# in [1e-4, 1e4], i.e. s / scale over eight decades; beyond 1e4 the fit's u = 1 end is the exact
+# limit). If the largest relative error exceeds GENERIC_FIT_REL_ERR_BOUND the next degree is tried;
+# if none meets it (g not integrable: H_g does not decay like 1 / s, e.g. a constant), the layer
+# falls back to the 96-node half-line rule and says so with a ``SurrogateFitWarning``. The
+# measured error is kept on the fit (``surrogate_fit(g).max_rel_err``).
+GENERIC_FIT_DEGS = (32, 64)
+GENERIC_FIT_REL_ERR_BOUND = 1e-6
+GENERIC_FIT_CHECK_T = (0.0, *np.logspace(-4.0, 4.0, 49).tolist())
+
+
+class SurrogateFitWarning(UserWarning):
+  """No Chebyshev fit of H_g met GENERIC_FIT_REL_ERR_BOUND; the 96-node rule is used instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SmoothingFit:
+  """H_g(s2) = R(u(t)) / (1 + t), t = sqrt(s2) / scale (see ``surrogate_fit``)."""
+
+  scale: float
+  c: float
+  coef: tuple[float, ...]
+  max_rel_err: float  # measured at GENERIC_FIT_CHECK_T against float64 adaptive quadrature
+
+
+def reference_smoothing_many(h: Callable[[np.ndarray], np.ndarray], ts, kinks=()) -> np.ndarray:
+  """H_h(t) = 2 int_0^inf phi(x) h(t x) dx for every t in ``ts`` (h even, vectorised over numpy
+  float64 arrays), by ``scipy.integrate.quad_vec`` (relative tolerance 1e-13): x-coordinates for
+  t <= 1, y = t x (h's own coordinates, breakpoints at its kinks and at every decade) for t > 1."""
+  import scipy.integrate
+
+  ts = np.asarray(ts, np.float64)
+  out = np.empty_like(ts)
+  out[ts == 0] = float(np.asarray(h(np.zeros(1)))[0])
+  phi2 = lambda x: 2.0 * np.exp(-0.5 * x * x) / _SQRT_2PI
+  small = (ts > 0) & (ts <= 1)
+  if small.any():
+    t = ts[small]
+    pts = sorted({k / ti for k in kinks for ti in t if k / ti < 40.0})
+    f = lambda x: phi2(x) * np.asarray(h(t * x), np.float64)
+    out[small] = scipy.integrate.quad_vec(
+      f, 0.0, 40.0, epsabs=0.0, epsrel=1e-13, points=pts or None, limit=20000
+    )[0]
+  big = ts > 1
+  if big.any():
+    t = ts[big]
+    up = 40.0 * float(t.max())
+    decades = [10.0**k for k in range(0, int(math.log10(up)) + 1)]
+    pts = sorted({p for p in (*kinks, *decades, *t.tolist()) if 0 < p < up})
+    f = lambda y: phi2(y / t) / t * float(np.asarray(h(np.full(1, y)), np.float64)[0])
+    out[big] = scipy.integrate.quad_vec(
+      f, 0.0, up, epsabs=0.0, epsrel=1e-13, points=pts, limit=20000
+    )[0]
+  return out
+
+
+def _float64_unit_shape(g: SurrogateDerivative) -> Callable[[np.ndarray], np.ndarray]:
+  """h(y) = (g(scale y) + g(-scale y)) / 2 evaluated eagerly in float64 (also under a trace)."""
+  import jax
+
+  scale = float(g.fit_scale)
+
+  def h(y):
+    with jax.ensure_compile_time_eval(), jax.enable_x64(True):
+      y = jnp.asarray(np.asarray(y, np.float64) * scale)
+      return np.asarray(0.5 * (g.grad(y) + g.grad(-y)), np.float64)
+
+  return h
+
+
+@functools.cache
+def surrogate_fit(g: SurrogateDerivative) -> SmoothingFit | None:
+  """The checked Chebyshev fit of H_g for any surrogate (built once per instance), or ``None``
+  (with a ``SurrogateFitWarning``) if no degree in GENERIC_FIT_DEGS meets the bound."""
+  import warnings
+
+  scale = float(g.fit_scale)
+  if not (math.isfinite(scale) and scale > 0):
+    raise ValueError(f"{g}: fit_scale must be positive and finite, got {scale!r}")
+  h = _float64_unit_shape(g)
+  kinks = tuple(float(k) / scale for k in g.fit_kinks)
+  check_t = np.asarray(GENERIC_FIT_CHECK_T)
+  ref = reference_smoothing_many(h, check_t, kinks)
+  if not np.all(np.isfinite(ref)) or np.any(ref <= 0):
+    raise ValueError(f"{g}: E[g(s xi)] is not finite and positive over s (g must be >= 0)")
+  c, err = 1.0, math.inf
+  for deg in GENERIC_FIT_DEGS:
+    n = deg + 1
+    u = np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    t = c * (1.0 + u) / (1.0 - u)
+    coef = np.polynomial.chebyshev.chebfit(
+      u, (1.0 + t) * reference_smoothing_many(h, t, kinks), deg
+    )
+    uc = (check_t - c) / (check_t + c)
+    got = np.polynomial.chebyshev.chebval(uc, coef) / (1.0 + check_t)
+    err = float(np.max(np.abs(got / ref - 1.0)))
+    if err <= GENERIC_FIT_REL_ERR_BOUND:
+      return SmoothingFit(scale, c, tuple(float(a) for a in coef), err)
+  warnings.warn(
+    f"{g}: no Chebyshev fit of E[g(s xi)] within {GENERIC_FIT_REL_ERR_BOUND:g} (best relative "
+    f"error {err:.2g} at degree {GENERIC_FIT_DEGS[-1]}); using the {_GL_DEG}-node half-line rule "
+    "(override smoothed() with a closed form, or set fit_scale / fit_kinks)",
+    SurrogateFitWarning,
+    stacklevel=3,
+  )
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
