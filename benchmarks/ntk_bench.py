@@ -17,11 +17,13 @@ Usage::
 
   python benchmarks/ntk_bench.py            # full
   python benchmarks/ntk_bench.py --quick    # small sizes
+  python benchmarks/ntk_bench.py --n 32 --big 200 --block 100 --repeats 2   # smoke (a minute)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ import resource
 import statistics
 import time
 import warnings
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,22 @@ import ntk
 
 nt = ntk.nt
 stax = nt.stax
+
+
+@dataclasses.dataclass(frozen=True)
+class _LaplaceSurrogate(ntk.SurrogateDerivative):
+  """A user-defined surrogate g(v) = beta exp(-beta |v|): no closed form given, so its H_g is the
+  generic Chebyshev fit (``surrogates.surrogate_fit``, built once before the timed calls)."""
+
+  beta: float = 1.0
+  name: ClassVar[str] = "bench_laplace"
+
+  def grad(self, x):
+    return self.beta * jnp.exp(-self.beta * jnp.abs(x))
+
+  @property
+  def fit_scale(self):
+    return 1.0 / self.beta
 
 
 def _net(act, width=512):
@@ -57,6 +76,9 @@ def _layers(deg: int):
     "SurrogateSign(fast_sigmoid) [Chebyshev fit]": ntk.stax.SurrogateSign("fast_sigmoid"),
     "SurrogateErf(m=5, fast_sigmoid) [Chebyshev fit]": ntk.stax.SurrogateErf(5.0, "fast_sigmoid"),
     "SurrogateSign(straight_through)": ntk.stax.SurrogateSign("straight_through"),
+    "SurrogateSign(user Laplace surrogate) [generic Chebyshev fit]": ntk.stax.SurrogateSign(
+      _LaplaceSurrogate(2.0)
+    ),
     f"ElementwiseNumerical(tanh, deg={deg}) (baseline)": stax.ElementwiseNumerical(
       jnp.tanh, deg, df=lambda x: 1 - jnp.tanh(x) ** 2
     ),
@@ -190,10 +212,9 @@ def main(argv=None) -> dict:
   text = json.dumps(result, indent=1)
   print(text)
   if args.out:
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-      fh.write(text)
-    os.replace(tmp, args.out)
+    from jaxsteer._src.fileio import atomic_write_text
+
+    atomic_write_text(args.out, text + "\n")
   return result
 
 

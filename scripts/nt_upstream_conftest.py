@@ -39,6 +39,11 @@ SHIMS = {
     "a SIGALRM that turns a test running longer than the limit into a failure reported as a "
     "time-out; it never turns a failure into a pass."
   ),
+  "per-test CPU-time limit (NT_TEST_CPU_LIMIT_S)": (
+    "as above, but counting the CPU time of the test process (all threads, SIGPROF), so that on "
+    "a loaded machine a time-out means the test needed that much work, not that it waited for a "
+    "core; it never turns a failure into a pass."
+  ),
 }
 
 
@@ -58,17 +63,27 @@ class TestTimeout(Exception):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item):
   limit = int(os.environ.get("NT_TEST_TIMEOUT_S", "0"))
-  if limit <= 0:
+  cpu_limit = int(os.environ.get("NT_TEST_CPU_LIMIT_S", "0"))
+  if limit <= 0 and cpu_limit <= 0:
     yield
     return
 
   def on_alarm(signum, frame):
     raise TestTimeout(f"time-out: test ran longer than NT_TEST_TIMEOUT_S={limit} s")
 
+  def on_prof(signum, frame):
+    raise TestTimeout(f"time-out: test used more than NT_TEST_CPU_LIMIT_S={cpu_limit} CPU-s")
+
   old = signal.signal(signal.SIGALRM, on_alarm)
-  signal.alarm(limit)
+  old_prof = signal.signal(signal.SIGPROF, on_prof)
+  if limit > 0:
+    signal.alarm(limit)
+  if cpu_limit > 0:
+    signal.setitimer(signal.ITIMER_PROF, cpu_limit)
   try:
     yield
   finally:
     signal.alarm(0)
+    signal.setitimer(signal.ITIMER_PROF, 0)
     signal.signal(signal.SIGALRM, old)
+    signal.signal(signal.SIGPROF, old_prof)

@@ -56,7 +56,7 @@ def test_table_lists_unfinished_files_and_keeps_the_prose(runner, tmp_path):
   run = {"x64": True, "cases": 4, "wall_s": 9.0, "loadavg": (1.0, 1.0, 1.0)}
   run = dict(run, files={"tests/b_test.py": entry}, planned=["tests/a_test.py", "tests/b_test.py"])
   text = runner.table([run])
-  assert "| tests/b_test.py | 2 | 0 | 1 | 9 | 2026-12-02 03:00:00 | 3.5/2.0/1.2 |" in text
+  assert "| tests/b_test.py | 2 | 0 | 1 | 9 | 2026-12-02 03:00:00 | 3.5/2.0/1.2 | - |" in text
   assert "| tests/a_test.py | not run (time) |" in text
   doc = tmp_path / "doc.md"
   doc.write_text(f"prose before\n{runner.TABLE_BEGIN}\nold\n{runner.TABLE_END}\nprose after\n")
