@@ -30,6 +30,9 @@ Usage::
   python scripts/nt_upstream.py --mode full --json out.json  # every test, NT_NUM_GENERATED_CASES=4
   python scripts/nt_upstream.py --mode full --x64 --json out64.json
   python scripts/nt_upstream.py --table docs/ntk_upstream.md out.json out64.json
+  # on a loaded machine: limit CPU time per test, run some files first, continue a stopped run
+  python scripts/nt_upstream.py --mode full --cpu-timeout 600 --timeout 3600 \
+      --first tests/predict_test.py --resume --json out.json
 
 Exit status: 0 if no test failed, 1 if some failed, 2 on bad usage or a failed download.
 """
