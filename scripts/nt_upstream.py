@@ -123,6 +123,8 @@ CI_FILES = (
 # the two empirical tests ran past 400 s per case on the shared 2-core machine (not a wrong value).
 CI_PYTEST_ARGS = ("-k", "not test_parallel_nested and not test_vmap_axes")
 CI_CASES = 1
+# On a stop, the running pytest gets SIGINT and this long to write the results it has.
+STOP_GRACE_S = 120
 # No new file starts after this many seconds (scripts/test.sh: about 8 minutes on 2 cores).
 CI_BUDGET_S = 300
 
@@ -215,10 +217,30 @@ def run_pytest(root, files, cases, x64, timeout_s, deselect, extra, log, cpu_tim
     cmd += ["--deselect", d]
   cmd += list(extra)
   t0 = time.time()
+  junit.unlink(missing_ok=True)  # never read the previous file's results
+  interrupted = False
   with open(log, "w") if log else open(os.devnull, "w") as fh:
-    proc = subprocess.run(cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    # SIGINT restored in the child (a background parent ignores it): pytest then stops cleanly
+    # and still writes the junit XML of the tests that finished.
+    proc = subprocess.Popen(
+      cmd, cwd=root, env=env, stdout=fh, stderr=subprocess.STDOUT,
+      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+      proc.wait()
+    except KeyboardInterrupt:  # stopping (SIGTERM/SIGINT): keep the finished tests of this file
+      interrupted = True
+      proc.send_signal(signal.SIGINT)
+      try:
+        proc.wait(timeout=STOP_GRACE_S)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
   result = parse_junit(junit) if junit.is_file() else {}
+  for entry in result.values():
+    entry["interrupted"] = interrupted
   return {
+    "interrupted": interrupted,
     "returncode": proc.returncode,
     "wall_s": round(time.time() - t0, 1),
     "cases": cases,
@@ -289,8 +311,9 @@ def table(runs: list[dict]) -> str:
       f = run["files"][rel]
       load = "/".join(f"{x:.1f}" for x in f["loadavg"]) if f.get("loadavg") else "-"
       when = f.get("finished_utc", "-").replace("T", " ").rstrip("Z")
+      name = f"{rel} (stopped: partial)" if f.get("interrupted") else rel
       lines.append(
-        f"| {rel} | {f['passed']} | {f['failed']} | {f['skipped']} | {f['time_s']:.0f} "
+        f"| {name} | {f['passed']} | {f['failed']} | {f['skipped']} | {f['time_s']:.0f} "
         f"| {when} | {load} | {f.get('limits', '-')} |"
       )
     not_run = [r for r in run.get("planned", ()) if r not in run["files"]]
@@ -338,11 +361,24 @@ TABLE_BEGIN = "<!-- nt_upstream --table: generated below, do not edit by hand --
 TABLE_END = "<!-- nt_upstream --table: end -->"
 
 
+def _fileio():
+  """jaxsteer/_src/fileio.py (the project's one atomic-write helper), loaded by path: it needs
+  only the standard library, and importing the jaxsteer package would load JAX and Flax into
+  this runner (minutes on a loaded machine, e.g. when a stopped run writes its results)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+    "_nt_upstream_fileio", REPO / "jaxsteer" / "_src" / "fileio.py"
+  )
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
 def write_table(out: pathlib.Path, text: str) -> None:
   """Writes the tables into out between TABLE_BEGIN and TABLE_END (the prose around is kept);
   a file without the markers is refused (a new file is written whole, with them)."""
-  from jaxsteer._src.fileio import atomic_write_text
-
+  atomic_write_text = _fileio().atomic_write_text
   block = f"{TABLE_BEGIN}\n\n{text.rstrip()}\n\n{TABLE_END}"
   if not out.exists():
     atomic_write_text(out, block + "\n")
@@ -355,9 +391,7 @@ def write_table(out: pathlib.Path, text: str) -> None:
 
 
 def write_json(path: pathlib.Path, obj) -> None:
-  from jaxsteer._src.fileio import atomic_write_json
-
-  atomic_write_json(path, obj)
+  _fileio().atomic_write_json(path, obj)
 
 
 def main(argv=None) -> int:
@@ -415,8 +449,8 @@ def main(argv=None) -> int:
       # One pytest run per file, the JSON rewritten after each (partial results are kept); with a
       # budget, no new file starts once it is spent (those files are listed as not run).
       for rel in files:
-        if res is not None and rel in res["files"]:
-          continue  # --resume: finished in an earlier run
+        if res is not None and rel in res["files"] and not res["files"][rel].get("interrupted"):
+          continue  # --resume: finished in an earlier run (an interrupted file runs again)
         if budget and time.time() - t_start > budget:
           res["not_run_budget"].append(rel)
           continue
@@ -439,7 +473,7 @@ def main(argv=None) -> int:
           res["loadavg"] = one["loadavg"]
         if one["returncode"] not in (0, 5):
           res["returncode"] = one["returncode"]
-        if not one["files"] and one["returncode"] != 5:  # 5: no tests collected
+        if not one["files"] and one["returncode"] != 5 and not one["interrupted"]:  # 5: none
           res["files"][rel] = {
             "passed": 0, "failed": 1, "skipped": 0, "time_s": one["wall_s"],
             "non_pass": [{"test": "(file)", "status": "failed",
@@ -447,6 +481,8 @@ def main(argv=None) -> int:
           }  # fmt: skip
         if args.json:
           write_json(args.json, dict(res, mode=args.mode, partial=True))
+        if one.get("interrupted"):
+          raise KeyboardInterrupt("stopped")
   except UsageError as e:
     print(f"nt_upstream: error: {e}", file=sys.stderr)
     return 2
