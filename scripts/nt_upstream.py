@@ -456,6 +456,11 @@ def main(argv=None) -> int:
       if args.resume:
         res = load_resume(args.json, cases, args.x64)
       planned = list(files)
+      if res is not None:  # a resumed run plans what it planned before and what it plans now
+        res["planned"] = [
+          *res.get("planned", []),
+          *(f for f in files if f not in res.get("planned", [])),
+        ]
       # One pytest run per file, the JSON rewritten after each (partial results are kept); with a
       # budget, no new file starts once it is spent (those files are listed as not run).
       for rel in files:
