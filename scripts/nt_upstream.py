@@ -265,6 +265,8 @@ def run_pytest(root, files, cases, x64, timeout_s, deselect, extra, log, cpu_tim
 def parse_junit(path: pathlib.Path) -> dict:
   files: dict[str, dict] = {}
   for tc in ET.parse(path).getroot().iter("testcase"):
+    if not tc.get("file") and not tc.get("classname"):
+      continue  # pytest's entry for an interrupted session, not a test
     rel = tc.get("file") or (tc.get("classname", "").rsplit(".", 1)[0].replace(".", "/") + ".py")
     entry = files.setdefault(
       rel, {"passed": 0, "failed": 0, "skipped": 0, "time_s": 0.0, "non_pass": []}
