@@ -55,7 +55,7 @@ from jaxsteer._src.attribution import (
 from jaxsteer._src.distributed import to_host
 from jaxsteer._src.fileio import atomic_path
 from jaxsteer._src.models.lm import apply_intercepted
-from jaxsteer._src.models.modules import DecoderLayer
+from jaxsteer._src.models.modules import DecoderLayer, layer_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,18 +337,24 @@ def _jsonable(x):
 
 @dataclasses.dataclass(frozen=True)
 class CaptureInterceptor:
-  """Sows the output of the chosen ``DecoderLayer``s into ``intermediates/layers_i/residual``."""
+  """Sows the output of the chosen ``DecoderLayer``s into ``intermediates/layers_i/residual``.
+
+  Scanned layers (``ModelConfig.scan_layers``) sow every layer's output into
+  ``intermediates/layers/residual`` with a leading layer axis; ``_sown_residuals`` splits it.
+  """
 
   layers: tuple[int, ...]
 
   def __call__(self, _args=None):
-    names = {f"layers_{i}" for i in self.layers}
+    chosen = set(self.layers)
 
     def interceptor(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
       m = context.module
-      if context.method_name == "__call__" and isinstance(m, DecoderLayer) and m.name in names:
-        m.sow("intermediates", "residual", out)
+      if context.method_name == "__call__" and isinstance(m, DecoderLayer):
+        layer = layer_of(m, args, kwargs)
+        if layer is not None and (not isinstance(layer, int) or layer in chosen):
+          m.sow("intermediates", "residual", out)
       return out
 
     return interceptor
@@ -356,11 +362,16 @@ class CaptureInterceptor:
 
 def _sown_residuals(tree) -> dict:
   """``{"layers_i": residual}`` from an intermediates tree, wherever the decoder sits in it (the
-  top level for a ``CausalLM``, ``language_model`` for a VLM)."""
+  top level for a ``CausalLM``, ``language_model`` for a VLM; ``layers`` holds a scanned
+  decoder's stacked outputs)."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict) and "residual" in value:
-      out[key] = value["residual"][0]
+      if key == "layers":  # scanned: (L, B, T, D)
+        stacked = value["residual"][0]
+        out.update({f"layers_{i}": stacked[i] for i in range(stacked.shape[0])})
+      else:
+        out[key] = value["residual"][0]
     elif isinstance(value, dict):
       out.update(_sown_residuals(value))
   return out

@@ -23,7 +23,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsteer._src.models.modules import MLP, Attention, DecoderLayer
+from jaxsteer._src.models.modules import MLP, Attention, DecoderLayer, layer_of
 
 SITES = ("layer", "attn", "mlp")
 POSITIONS = {"all": 0, "prompt": 1, "generated": 2}
@@ -72,7 +72,10 @@ class SteerInterceptor:
   """Static part of a steering intervention (hashable; a jit static argument).
 
   Calling it with the traced ``args`` (``{"vectors": (L, D), "alpha": (L,), "positions": ()}``)
-  returns the Flax interceptor function.
+  returns the Flax interceptor function. With unrolled layers each chosen ``DecoderLayer`` picks
+  its row of ``vectors`` at trace time; with scanned layers (``ModelConfig.scan_layers``) the
+  layer index is traced, so the row is gathered from the stacked ``vectors`` and a per-layer mask
+  leaves the other layers untouched.
   """
 
   layers: tuple[int, ...]
@@ -80,13 +83,24 @@ class SteerInterceptor:
   site: str = "layer"
 
   def __call__(self, args):
-    index = {f"layers_{layer}": j for j, layer in enumerate(self.layers)}
+    index = {layer: j for j, layer in enumerate(self.layers)}
+    # layer -> row of ``vectors`` (-1: not steered), for a traced layer index
+    table = np.full(max(self.layers) + 2, -1, np.int32)
+    table[list(self.layers)] = np.arange(len(self.layers))
     site_type = {"attn": Attention, "mlp": MLP}.get(self.site)
-    current = {}  # the enclosing DecoderLayer's generated flags (trace-time bookkeeping)
+    current = []  # the enclosing DecoderLayer's (row, generated flags) (trace-time bookkeeping)
+
+    def row_of(layer):
+      if isinstance(layer, int):
+        return index.get(layer)
+      return jnp.asarray(table)[jnp.minimum(layer, table.size - 1)]
 
     def steer_at(h, j, gen):
       mode = args.get("positions", jnp.int32(0))
       where = position_mask(mode, gen)
+      if not isinstance(j, int):  # traced layer: the row, or no change outside the chosen layers
+        where = where & (j >= 0)
+        j = jnp.maximum(j, 0)
       return norm_preserving_add(h, args["vectors"][j], args["alpha"][j], self.normalize, where)
 
     def interceptor(next_fun, fargs, fkwargs, context):
@@ -94,24 +108,26 @@ class SteerInterceptor:
       if context.method_name != "__call__":
         return next_fun(*fargs, **fkwargs)
       if isinstance(module, DecoderLayer):
-        j = index.get(module.name)
+        j = row_of(layer_of(module, fargs, fkwargs))
         if j is None:
           return next_fun(*fargs, **fkwargs)
         x = fargs[0] if fargs else fkwargs["x"]
         gen = generated_flags(
           x, _arg(fargs, fkwargs, 2, "slots"), _arg(fargs, fkwargs, 4, "decode", False)
         )
-        current[module.name] = gen
-        h = next_fun(*fargs, **fkwargs)
+        current.append((j, gen))
+        try:
+          h = next_fun(*fargs, **fkwargs)
+        finally:
+          current.pop()
         if self.site == "layer":
           return steer_at(h, j, gen)
         return h
       if site_type is not None and isinstance(module, site_type):
-        parent = module.path[-2] if len(module.path) >= 2 else None
-        j = index.get(parent)
-        if j is None or module.name != self.site:
+        if not current or module.name != self.site:
           return next_fun(*fargs, **fkwargs)
-        return steer_at(next_fun(*fargs, **fkwargs), j, current[parent])
+        j, gen = current[-1]
+        return steer_at(next_fun(*fargs, **fkwargs), j, gen)
       return next_fun(*fargs, **fkwargs)
 
     return interceptor

@@ -23,6 +23,7 @@ from jaxsteer._src.models.loader import download as download
 from jaxsteer._src.models.loader import from_params as from_params
 from jaxsteer._src.models.loader import init_random as init_random
 from jaxsteer._src.models.loader import load as load
+from jaxsteer._src.models.loader import relayout as relayout
 from jaxsteer._src.models.loading import DEFAULT_RULES as DEFAULT_RULES
 from jaxsteer._src.models.loading import PARAM_LOGICAL_AXES as PARAM_LOGICAL_AXES
 from jaxsteer._src.models.loading import param_shardings as param_shardings
@@ -31,6 +32,9 @@ from jaxsteer._src.models.modules import MLP as MLP
 from jaxsteer._src.models.modules import Attention as Attention
 from jaxsteer._src.models.modules import CausalLM as CausalLM
 from jaxsteer._src.models.modules import DecoderLayer as DecoderLayer
+from jaxsteer._src.models.modules import layer_of as layer_of
+from jaxsteer._src.models.modules import stack_layers as stack_layers
+from jaxsteer._src.models.modules import unstack_layers as unstack_layers
 from jaxsteer._src.models.registry import Architecture as Architecture
 from jaxsteer._src.models.registry import Tensor as WeightTensor
 from jaxsteer._src.models.registry import flax_to_hf as flax_to_hf
@@ -73,8 +77,12 @@ __all__ = [
   "from_params",
   "init_cache",
   "init_random",
+  "layer_of",
   "load",
   "param_shardings",
   "read_llama2c",
+  "relayout",
   "sample_token",
+  "stack_layers",
+  "unstack_layers",
 ]

@@ -215,8 +215,19 @@ def unwrap_params(params):
 
 
 def find_kernels(params) -> dict[str, jax.Array]:
-  """All ``kernel`` leaves of a Flax params tree with ndim >= 2, keyed by their module path."""
+  """All ``kernel`` leaves of a Flax params tree with ndim >= 2, keyed by their module path.
+
+  Raises:
+    ValueError: the tree is a scanned decoder's (``layers/...``: every layer's kernels stacked,
+      ``jaxsteer`` ``ModelConfig.scan_layers``); adapters need the per-layer layout.
+  """
   flat = traverse_util.flatten_dict(unwrap_params(params))
+  if any("layers" in path[:-1] for path in flat):
+    raise ValueError(
+      "PaCA / LoRA adapt per-layer kernels, but these parameters are a scanned decoder's "
+      "(stacked under 'layers/', ModelConfig.scan_layers=True); convert them with "
+      "jaxsteer.models.relayout(lm, scan_layers=False) or unstack_layers(params)"
+    )
   return {
     "/".join(path[:-1]): v
     for path, v in flat.items()

@@ -54,6 +54,25 @@ class ModelConfig:
       uses ``sliding_window`` (if any).
     rope_local_theta: RoPE base of the sliding layers (Gemma 3; unscaled), or ``None``.
     partial_rotary_factor: fraction of each head that RoPE rotates (Phi-3 family).
+    scan_layers: run the decoder layers through one ``nn.scan`` (parameters stacked under
+      ``layers/`` with a leading layer axis) instead of a Python loop that unrolls every layer
+      (``layers_0`` .. ``layers_{L-1}``). Compile time then no longer grows with depth; steering,
+      capture and ``return_hidden`` work per layer (the layer index is a scanned value). Needs
+      identical layers (no mix of sliding and full attention). PaCA / LoRA adapters (and ITI)
+      need the per-layer layout: ``paca_jax`` refuses stacked kernels. Default ``False``, from
+      the evidence: at 2-8 layers of a small model (``benchmarks/results/scan_layers_cpu.json``,
+      load 24-30 on 2 cores) scanning gained no compile time (forward 8.8-14.9 s scanned vs
+      6.6-15.3 s unrolled, gradient 32-78 s vs 22-44 s) and steps were no faster (0.16-2.6 s vs
+      0.17-3.9 s, noise-bound); at 8B shape the scanned IG compiles in 36 s at 2 layers and 34 s
+      at 32, the unrolled one took 33 s at 1 layer and 65 s at 2
+      (``benchmarks/results/aot_8b_*``). Use it for deep models and pods (``jaxsteer.load(...,
+      scan_layers=True)``, ``jaxsteer.models.relayout``); ``stack_layers`` / ``unstack_layers``
+      convert parameter trees between the layouts.
+    remat: rematerialise each decoder layer in the backward pass (``nn.remat``) with this
+      policy: ``None`` (store every activation), ``"full"`` (store only layer inputs),
+      ``"dots"`` (keep matmul outputs) or ``"dots_no_batch"`` (keep matmuls without batch dims).
+      IG at 8B shape, 512 tokens, 5 points per chunk: 90.6 GB peak without, 51.7 GB with
+      ``"full"`` (scanned; XLA's CPU schedule ignores remat in unrolled programs).
   """
 
   arch: str
@@ -88,6 +107,8 @@ class ModelConfig:
   layer_types: tuple[str, ...] | None = None
   rope_local_theta: float | None = None
   partial_rotary_factor: float = 1.0
+  scan_layers: bool = False
+  remat: str | None = None
 
   def __post_init__(self):
     from jaxsteer._src.models import registry  # the registry imports this module
@@ -138,6 +159,15 @@ class ModelConfig:
       raise ValueError(
         f"unsupported hidden_act {self.hidden_act!r}; supported: {', '.join(ACTIVATIONS)}"
       )
+    if self.remat is not None and self.remat not in REMAT_POLICIES:
+      raise ValueError(
+        f"unknown remat policy {self.remat!r}; supported: None, {', '.join(REMAT_POLICIES)}"
+      )
+    if self.scan_layers and not self.layers_identical:
+      raise ValueError(
+        "scan_layers needs identical decoder layers; this config mixes sliding and full "
+        "attention layers (layer_types / rope_local_theta): use scan_layers=False"
+      )
     rot = self.rotary_dim
     if rot % 2 or not 0 < rot <= self.head_dim:
       raise ValueError(
@@ -172,6 +202,11 @@ class ModelConfig:
       return tuple(self.eos_token_ids)
     return () if self.eos_token_id is None else (self.eos_token_id,)
 
+  @property
+  def layers_identical(self) -> bool:
+    """Every decoder layer has the same attention window and RoPE (``nn.scan`` can stack them)."""
+    return len({self.layer_is_sliding(i) for i in range(self.num_layers)}) == 1
+
   def layer_is_sliding(self, i: int) -> bool:
     if self.sliding_window is None:
       return False
@@ -190,6 +225,8 @@ class ModelConfig:
 
 
 LAYER_TYPES = ("sliding_attention", "full_attention")
+# ``ModelConfig.remat`` names (the policies live in ``modules.REMAT_POLICIES``).
+REMAT_POLICIES = ("full", "dots", "dots_no_batch")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu_new", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxsteer._src.models import loading, registry
 from jaxsteer._src.models.config import ModelConfig, hf_ids
 from jaxsteer._src.models.lm import LanguageModel
+from jaxsteer._src.models.modules import stack_layers, unstack_layers
 from jaxsteer._src.models.safetensors_io import SafetensorsCheckpoint
 from jaxsteer._src.models.tokenizer import make_tokenizer
 
@@ -103,6 +104,8 @@ def load(
   mesh: jax.sharding.Mesh | None = None,
   tokenizer=None,
   rules=loading.DEFAULT_RULES,
+  scan_layers: bool = False,
+  remat: str | None = None,
 ) -> LanguageModel:
   """Loads a causal LM.
 
@@ -117,6 +120,9 @@ def load(
     tokenizer: a tokenizer object, a llama2.c ``tok*.bin`` path or a HF tokenizer directory
       (default: the model directory's tokenizer, or ``tok{vocab}.bin`` beside a ``.bin``).
     rules: logical-axis -> mesh-axis table (``jaxsteer.models.DEFAULT_RULES``).
+    scan_layers: run the decoder layers through ``nn.scan`` (``ModelConfig.scan_layers``); the
+      per-layer checkpoint tensors are stacked as they are read (text models only).
+    remat: per-layer rematerialisation policy (``ModelConfig.remat``).
 
   Returns:
     A ``LanguageModel`` (a ``VisionLanguageModel`` for LLaVA checkpoints).
@@ -145,6 +151,14 @@ def load(
       cand = path.parent / f"tok{cfg.vocab_size}.bin"
       if cand.is_file():
         tokenizer = cand
+  if scan_layers or remat is not None:
+    if not isinstance(cfg, ModelConfig):
+      raise ValueError(
+        f"scan_layers / remat are supported for text models only, not {type(cfg).__name__}"
+      )
+    cfg = dataclasses.replace(cfg, scan_layers=bool(scan_layers), remat=remat)
+    if cfg.scan_layers:
+      arrays = loading.stack_views(arrays, cfg.num_layers)
   text_cfg = arch.text_config(cfg) if arch.text_config is not None else cfg
   tok = make_tokenizer(tokenizer, text_cfg)
   if dtype is None:  # the checkpoint's floating dtype
@@ -158,9 +172,40 @@ def load(
 
 
 def from_params(config: ModelConfig, params, tokenizer=None, dtype=jnp.float32) -> LanguageModel:
-  """Wraps existing parameters (e.g. freshly initialised) as a ``LanguageModel``."""
+  """Wraps existing parameters (e.g. freshly initialised) as a ``LanguageModel``.
+
+  Per-layer parameters are stacked for a ``scan_layers`` config and stacked ones unstacked for an
+  unrolled config, so either layout fits either config.
+  """
   module = registry.get(config.arch).module(config, dtype)
-  return LanguageModel(module, params, config, tokenizer)
+  return LanguageModel(module, _layer_layout(params, config), config, tokenizer)
+
+
+def _layer_layout(params, config: ModelConfig):
+  if not isinstance(config, ModelConfig):
+    return params
+  if config.scan_layers and "layers_0" in params:
+    return stack_layers(params, config.num_layers)
+  if not config.scan_layers and "layers" in params:
+    return unstack_layers(params)
+  return params
+
+
+def relayout(lm: LanguageModel, *, scan_layers: bool, remat: str | None = None) -> LanguageModel:
+  """``lm`` with its decoder layers scanned (stacked parameters) or unrolled (per-layer), and the
+  given ``remat`` policy; the parameters are converted (and re-placed on ``lm.mesh``).
+
+  Raises:
+    ValueError: ``lm`` is not a text ``LanguageModel`` (a VLM keeps its unrolled layers), or the
+      config cannot be scanned (mixed sliding and full attention layers).
+  """
+  if type(lm) is not LanguageModel or not isinstance(lm.config, ModelConfig):
+    raise ValueError(f"relayout supports text LanguageModels only, not {type(lm).__name__}")
+  cfg = dataclasses.replace(lm.config, scan_layers=bool(scan_layers), remat=remat)
+  params = _layer_layout(lm.params, cfg)
+  if lm.mesh is not None and params is not lm.params:
+    params = jax.device_put(params, loading.param_shardings(params, lm.mesh))
+  return lm.replace(module=lm.module.clone(config=cfg), params=params, config=cfg)
 
 
 def init_random(config, seed: int = 0, dtype=jnp.float32, tokenizer=None):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 import struct
 
 import jax
@@ -61,12 +62,27 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 
 
 def logical_axes(path: str, ndim: int) -> tuple[str | None, ...]:
-  """Logical axes of the parameter at ``path`` (:data:`PARAM_LOGICAL_AXES`)."""
+  """Logical axes of the parameter at ``path`` (:data:`PARAM_LOGICAL_AXES`); a scanned decoder's
+  stacked ``layers/...`` parameters get a leading, unsharded layer axis."""
+  per_layer = _per_layer_path(path)
+  if per_layer is not None:
+    return (None, *logical_axes(per_layer, ndim - 1))
   return mesh_rules.logical_axes(path, ndim, PARAM_LOGICAL_AXES)
 
 
+def _per_layer_path(path: str) -> str | None:
+  """``layers_0/...`` for a scanned decoder's stacked ``layers/...`` path, else ``None``."""
+  if re.search(r"(^|/)layers/", path) is None:
+    return None
+  return re.sub(r"(^|/)layers/", r"\1layers_0/", path, count=1)
+
+
 def partition_spec(path: str, shape, mesh, rules=DEFAULT_RULES) -> PartitionSpec:
-  """``PartitionSpec`` of the parameter at ``path`` (``mesh_rules.leaf_spec``)."""
+  """``PartitionSpec`` of the parameter at ``path`` (``mesh_rules.leaf_spec``); the leading layer
+  axis of a scanned decoder's stacked parameters is not sharded."""
+  per_layer = _per_layer_path(path)
+  if per_layer is not None:
+    return PartitionSpec(None, *partition_spec(per_layer, tuple(shape)[1:], mesh, rules))
   return mesh_rules.leaf_spec(path, tuple(shape), mesh, rules, PARAM_LOGICAL_AXES)
 
 
@@ -118,6 +134,47 @@ def place(arrays: dict[str, np.ndarray], dtype, mesh=None, rules=DEFAULT_RULES):
         view.shape, sharding, lambda idx, v=view, t=target: np.asarray(v[idx], dtype=t)
       )
   return traverse_util.unflatten_dict(out, sep="/")
+
+
+class StackedView:
+  """Lazy ``np.stack`` of equally shaped views along a new leading axis: indexing reads only the
+  selected slices (so a device's shard of a scanned decoder's parameters reads only its own)."""
+
+  def __init__(self, views):
+    self.views = list(views)
+    self.dtype = np.dtype(self.views[0].dtype)
+    self.shape = (len(self.views), *self.views[0].shape)
+    self.ndim = len(self.shape)
+
+  def __getitem__(self, idx):
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    head, rest = (idx[0], idx[1:]) if idx else (slice(None), ())
+    rows = range(self.shape[0])[head]
+    if isinstance(rows, int):
+      return np.asarray(self.views[rows][rest])
+    return np.stack([np.asarray(self.views[i][rest]) for i in rows])
+
+  def __array__(self, dtype=None, copy=None):
+    out = self[:]
+    return out if dtype is None else out.astype(dtype)
+
+
+def stack_views(arrays: dict[str, np.ndarray], num_layers: int) -> dict[str, object]:
+  """Flat per-layer views (``layers_i/...``) -> flat stacked views (``layers/...``) of a scanned
+  decoder (``ModelConfig.scan_layers``), lazily; other entries unchanged. Works wherever the layers
+  sit (``language_model/layers_i/...`` too)."""
+  out, groups = {}, {}
+  for path, view in arrays.items():
+    m = re.match(r"^(.*?)(?:^|(?<=/))layers_(\d+)/(.*)$", path)
+    if m is None:
+      out[path] = view
+      continue
+    groups.setdefault(f"{m.group(1)}layers/{m.group(3)}", {})[int(m.group(2))] = view
+  for path, by_layer in groups.items():
+    if sorted(by_layer) != list(range(num_layers)):
+      raise ValueError(f"{path}: layers {sorted(by_layer)} present, expected 0..{num_layers - 1}")
+    out[path] = StackedView(by_layer[i] for i in range(num_layers))
+  return out
 
 
 # --------------------------------------------------------------------------------------------

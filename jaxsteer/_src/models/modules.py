@@ -13,6 +13,14 @@ so an interceptor (``flax.linen.intercept_methods``) can address the residual-st
 decoder layer ``i`` as the return value of ``DecoderLayer.__call__`` at module path
 ``("layers_i",)``.
 
+With ``ModelConfig.scan_layers`` the layers run through one ``nn.scan`` instead: a single
+``DecoderLayer`` named ``layers`` whose parameters (and KV cache, and sown intermediates) carry a
+leading layer axis. Its ``__call__`` then receives the layer index as a traced scalar (the
+``layer`` argument; ``None`` when unrolled), so interceptors select per-layer values from stacked
+arrays; :func:`layer_of` gives an interceptor the index either way. :func:`stack_layers` and
+:func:`unstack_layers` convert parameter trees between the two layouts (checkpoints, HF weight maps
+and exporters use the per-layer one). ``ModelConfig.remat`` wraps each layer in ``nn.remat``.
+
 Kernels follow the Flax ``(in, out)`` convention. Key/value caching uses Flax's mutable ``cache``
 collection (one fixed-length buffer per layer), so a layer's ``__call__`` returns only the hidden
 states, with or without a cache.
@@ -252,6 +260,9 @@ class DecoderLayer(nn.Module):
   Llama-like: ``x + attn(input_norm(x))``, then ``x + mlp(post_attention_norm(x))``. With
   ``sandwich_norms`` (Gemma 2/3): ``x + post_attention_norm(attn(input_norm(x)))``, then
   ``x + post_feedforward_norm(mlp(pre_feedforward_norm(x)))``.
+
+  ``layer`` is the traced layer index under ``nn.scan`` (``None`` when the layers are unrolled;
+  then ``layer_idx`` is the index). Only interceptors read it.
   """
 
   config: ModelConfig
@@ -261,7 +272,8 @@ class DecoderLayer(nn.Module):
   layer_idx: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
+  def __call__(self, x, positions, slots, kv_mask, decode: bool = False, layer=None):
+    del layer  # for interceptors (layer_of)
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = _norm(cfg, "input_norm", **kw)(x)
@@ -276,6 +288,88 @@ class DecoderLayer(nn.Module):
     x = x + h
     h = _norm(cfg, "post_attention_norm", **kw)(x)
     return x + MLP(cfg, name="mlp", **kw)(h)
+
+
+REMAT_POLICIES = {
+  "full": None,  # jax.checkpoint's default: save nothing but the layer's inputs
+  "dots": jax.checkpoint_policies.checkpoint_dots,
+  "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class _ScanStep(nn.Module):
+  """One step of the scanned decoder: ``(x, layer) -> (layer's output, output or None)``.
+
+  ``nn.share_scope`` puts the wrapped ``DecoderLayer``'s parameters directly under this module's
+  scope, so the stacked tree reads ``layers/attn/q_proj/kernel`` like the per-layer
+  ``layers_i/attn/q_proj/kernel``.
+  """
+
+  config: ModelConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  attn_implementation: str | None = None
+
+  def setup(self):
+    block = _layer_class(self.config)
+    self.layer = block(
+      self.config,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      attn_implementation=self.attn_implementation,
+      layer_idx=0,  # every layer alike (ModelConfig checks); RoPE/window of layer 0
+    )
+    nn.share_scope(self, self.layer)
+
+  def __call__(self, x, layer, positions, slots, kv_mask, decode, keep):
+    x = self.layer(x, positions, slots, kv_mask, decode, layer)
+    return x, (x if keep else None)
+
+
+def _layer_class(cfg: ModelConfig):
+  if cfg.remat is None:
+    return DecoderLayer
+  # argnums count self as 0: decode (5) is a Python bool.
+  return nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat], static_argnums=(5,))
+
+
+def layer_of(module, fargs, fkwargs):
+  """The index of the ``DecoderLayer`` an interceptor sees: an int (unrolled layers, from the
+  module name ``layers_i``), a traced int32 scalar (scanned layers) or ``None`` (not a decoder
+  layer of a ``CausalLM``)."""
+  traced = fargs[5] if len(fargs) > 5 else fkwargs.get("layer")
+  if traced is not None:
+    return traced
+  name = module.name or ""
+  if name.startswith("layers_") and name[7:].isdigit():
+    return int(name[7:])
+  return None
+
+
+def stack_layers(params, num_layers: int):
+  """Per-layer parameters (``layers_0`` .. ``layers_{L-1}``) -> stacked ``layers`` (leading axis
+  L), for a ``CausalLM`` with ``scan_layers``. Works on any subtree holding the layers (a VLM's
+  ``language_model``); other entries are kept as they are."""
+  params = dict(params)
+  names = [f"layers_{i}" for i in range(num_layers)]
+  if all(n in params for n in names):
+    layers = [params.pop(n) for n in names]
+    params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    return params
+  return {k: stack_layers(v, num_layers) if isinstance(v, dict) else v for k, v in params.items()}
+
+
+def unstack_layers(params):
+  """Stacked ``layers`` (leading axis L) -> per-layer ``layers_0`` .. ``layers_{L-1}``: the
+  inverse of :func:`stack_layers` (the layout of checkpoints, weight maps and exporters)."""
+  params = dict(params)
+  if "layers" in params and isinstance(params["layers"], dict):
+    stacked = params.pop("layers")
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(n):
+      params[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return params
+  return {k: unstack_layers(v) if isinstance(v, dict) else v for k, v in params.items()}
 
 
 class CausalLM(nn.Module):
@@ -306,16 +400,29 @@ class CausalLM(nn.Module):
         embedding_init=nn.initializers.normal(0.01),
         **kw,
       )
-    self.layers = [
-      DecoderLayer(
-        cfg,
-        name=f"layers_{i}",
-        attn_implementation=self.attn_implementation,
-        layer_idx=i,
-        **kw,
-      )
-      for i in range(cfg.num_layers)
-    ]
+    if cfg.scan_layers:
+      # Params, KV cache and sown intermediates get a leading layer axis; the layer index is a
+      # scanned input; positions, slots, mask and the static flags are broadcast.
+      b = nn.broadcast
+      self.layers = nn.scan(
+        _ScanStep,
+        variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+        split_rngs={"params": True},
+        in_axes=(0, b, b, b, b, b),
+        length=cfg.num_layers,
+      )(cfg, attn_implementation=self.attn_implementation, **kw)
+    else:
+      block = _layer_class(cfg)
+      self.layers = [
+        block(
+          cfg,
+          name=f"layers_{i}",
+          attn_implementation=self.attn_implementation,
+          layer_idx=i,
+          **kw,
+        )
+        for i in range(cfg.num_layers)
+      ]
     self.norm = (
       LayerNorm(cfg.norm_eps, **kw)
       if cfg.is_gpt2
@@ -364,10 +471,15 @@ class CausalLM(nn.Module):
       positions = default_positions(attention_mask)
     if self.config.is_gpt2:
       x = x + self.wpe(positions)
-    hidden = []
-    for layer in self.layers:
-      x = layer(x, positions, slots, attention_mask, decode)
-      hidden.append(x)
+    if self.config.scan_layers:
+      index = jnp.arange(self.config.num_layers, dtype=jnp.int32)
+      x, stacked = self.layers(x, index, positions, slots, attention_mask, decode, return_hidden)
+      hidden = tuple(stacked) if return_hidden else ()
+    else:
+      hidden = []
+      for layer in self.layers:
+        x = layer(x, positions, slots, attention_mask, decode)
+        hidden.append(x)
     x = self.norm(x)
     if self.config.tie_word_embeddings:
       logits = self.embed.attend(x)
