@@ -80,7 +80,7 @@ class Shapes:
     llama31_8b = dict(
       arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
       num_heads=32, num_kv_heads=8, head_dim=128, max_position_embeddings=8192,
-      rope_theta=500000.0, norm_eps=1e-5,
+      rope_theta=500000.0, norm_eps=1e-5, scan_layers=True,
     )  # fmt: skip
     return cls(llama31_8b, 512, 20, 5, 128, 128, (1, 8), "7b-4layers", 8, 2048,
                10000, 650, 64, 35, 5, "bfloat16")  # fmt: skip
@@ -89,7 +89,7 @@ class Shapes:
   def dry(cls) -> Shapes:
     tiny = dict(
       arch="llama", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2,
-      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=64,
+      num_heads=4, num_kv_heads=2, head_dim=8, max_position_embeddings=64, scan_layers=True,
     )  # fmt: skip
     return cls(tiny, 16, 4, 2, 8, 4, (2,), "nano", 2, 8, 50, 16, 4, 5, 1, "float32")
 

@@ -271,26 +271,40 @@ def bench_steering(lm, *, batch: int, prompt_len: int, new_tokens: int, repeats:
 def _xla_cost_overhead(lm, steered, ids, mask, new_tokens) -> dict:
   """Load-independent overhead: XLA's cost analysis of the compiled steered vs. base programs.
 
-  For ``generate`` XLA counts the decode-loop body once, so it is prefill + one decode step.
+  ``generate`` is the prefill program plus the decode-loop program (``LanguageModel.generate_ids``
+  runs the two); XLA counts the loop body once, so it is prefill + one decode step.
   """
   import jax
   import jax.numpy as jnp
 
   from jaxsteer._src.models import lm as lm_lib
 
+  def flops_bytes(low):
+    c = low.compile().cost_analysis()
+    c = c[0] if isinstance(c, list | tuple) else c
+    return np.array([float(c.get("flops", np.nan)), float(c.get("bytes accessed", np.nan))])
+
   def cost(m, which):
     f, a = m.intercept
     if which == "prefill":
-      low = lm_lib._forward.lower(m.module, f, m.params, a, ids, mask, False)
-    else:
-      low = lm_lib._generate.lower(
-        m.module, f, m.params, a, ids, mask, jnp.float32(0), jnp.float32(1),
-        jax.random.PRNGKey(0), jnp.int32(-1), jnp.int32(0),
-        max_new_tokens=new_tokens, stop_at_eos=False,
-      )  # fmt: skip
-    c = low.compile().cost_analysis()
-    c = c[0] if isinstance(c, list | tuple) else c
-    return float(c.get("flops", np.nan)), float(c.get("bytes accessed", np.nan))
+      return flops_bytes(lm_lib._forward.lower(m.module, f, m.params, a, ids, mask, False))
+    stop, pad = jnp.full((4,), -1, jnp.int32), jnp.int32(0)
+    temp, top_p = jnp.float32(0), jnp.float32(1)
+    pre = lm_lib._prefill.lower(
+      m.module, f, m.params, a, ids, mask, temp, top_p, jax.random.PRNGKey(0), stop, pad,
+      budget=new_tokens, stop_at_eos=False,
+    )  # fmt: skip
+    state = jax.eval_shape(
+      lambda: lm_lib._prefill_impl(
+        m.module, f, m.params, a, ids, mask, temp, top_p, jax.random.PRNGKey(0), stop, pad,
+        new_tokens, False,
+      )
+    )  # fmt: skip
+    dec = lm_lib._decode.lower(
+      m.module, f, m.params, a, state, mask, temp, top_p, stop, pad, jnp.int32(new_tokens),
+      stop_at_eos=False,
+    )  # fmt: skip
+    return flops_bytes(pre) + flops_bytes(dec)
 
   out = {}
   for which in ("prefill", "generate"):

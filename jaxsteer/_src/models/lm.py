@@ -226,59 +226,6 @@ _decode = jax.jit(
 )
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "max_new_tokens", "stop_at_eos"))
-def _generate(
-  module,
-  factory,
-  params,
-  args,
-  input_ids,
-  attention_mask,
-  temperature,
-  top_p,
-  key,
-  eos_id,
-  pad_id,
-  max_new_tokens: int,
-  stop_at_eos: bool = True,
-  inputs_embeds=None,
-):
-  """Prefill and decode loop in one program (new ids (B, max_new_tokens)); ``eos_id`` is an id or
-  an array of ids. ``LanguageModel.generate_ids`` runs the two halves as separate programs."""
-  stop_ids = jnp.atleast_1d(jnp.asarray(eos_id, jnp.int32))
-  state = _prefill_impl(
-    module,
-    factory,
-    params,
-    args,
-    input_ids,
-    attention_mask,
-    temperature,
-    top_p,
-    key,
-    stop_ids,
-    pad_id,
-    max_new_tokens,
-    stop_at_eos,
-    inputs_embeds,
-  )
-  state = _decode_impl(
-    module,
-    factory,
-    params,
-    args,
-    state,
-    attention_mask,
-    temperature,
-    top_p,
-    stop_ids,
-    pad_id,
-    max_new_tokens,
-    stop_at_eos,
-  )
-  return state[6]
-
-
 @dataclasses.dataclass(frozen=True)
 class _Intercept:
   factory: InterceptFactory | None = None
