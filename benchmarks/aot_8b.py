@@ -2,19 +2,23 @@
 
 ``jax.jit(f).lower(ShapeDtypeStruct...).compile()`` on whatever backend is present (the CPU here)
 for: IG of 512 tokens with 20 Gauss-Legendre points in chunks of 5, GrAInS-steered greedy decode
-with a KV cache at batch 1 and 8 (128-token prompt, 128 new tokens), and one PaCA Adam step of a
-LLaMA-7B-shaped model (rank 8 on every projection, batch 4 x 2048 tokens). Nothing is allocated:
-parameter shapes come from ``jax.eval_shape``. ``memory_analysis()`` gives argument, output,
-temporary and aliased bytes; ``peak_estimate_GB`` = arguments + outputs + temporaries - aliased,
-checked against the 80 GB (H100) and 141 GB (H200) budgets. CPU temporaries only estimate the
-GPU's (other fusion and scheduling).
+with a KV cache at batch 1 and 8 (128-token prompt, 128 new tokens: the prefill program and the
+``lax.while_loop`` decode program that ``LanguageModel.generate_ids`` runs), and one PaCA Adam
+step of a LLaMA-7B-shaped model (rank 8 on every projection, batch 4 x 2048 tokens). Nothing is
+allocated: parameter shapes come from ``jax.eval_shape``. ``memory_analysis()`` gives argument,
+output, temporary and aliased bytes; ``peak_estimate_GB`` = arguments + outputs + temporaries -
+aliased (for decode: the larger of its two programs), checked against the 80 GB (H100) and 141 GB
+(H200) budgets. CPU temporaries only estimate the GPU's (other fusion and scheduling).
 
-The decoder is a Python loop over layers, so compile time grows with depth; ``--layers`` compiles
-a shallower model of the same width (the JSON says which) when the full depth takes too long.
+IG and decode run the decoder through ``nn.scan`` (``ModelConfig.scan_layers``), so compile time
+does not grow with depth; ``--no-scan`` unrolls the layers instead. PaCA adapts per-layer kernels
+(it refuses a scanned decoder), so its step uses the unrolled jaxsteer ``CausalLM`` at LLaMA-7B
+shape with every layer rematerialised (``--paca-remat``, default ``full``): without remat the
+activations of 32 layers at 8k tokens do not fit.
 
 Usage::
 
-  python benchmarks/aot_8b.py --out aot_8b.json                 # 32 layers (slow on CPU)
+  nice -n 19 python benchmarks/aot_8b.py --out aot_8b.json      # 32 layers
   python benchmarks/aot_8b.py --layers 2 --out aot_8b_2l.json   # quick look
 """
 
@@ -25,18 +29,23 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsteer._src.fileio import atomic_write_json
+
 BUDGETS_GB = {"H100_80GB": 80.0, "H200_141GB": 141.0}
 LLAMA31_8B = dict(
   arch="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
   num_heads=32, num_kv_heads=8, head_dim=128, max_position_embeddings=8192, rope_theta=500000.0,
   norm_eps=1e-5,
+)  # fmt: skip
+LLAMA2_7B = dict(
+  arch="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32,
+  num_heads=32, num_kv_heads=32, head_dim=128, max_position_embeddings=4096, norm_eps=1e-5,
 )  # fmt: skip
 
 
@@ -48,6 +57,16 @@ def report(name, lowered_fn) -> dict:
   t0 = time.perf_counter()
   lowered = lowered_fn()
   lower_s = time.perf_counter() - t0
+  if isinstance(lowered, dict):  # several programs (decode: prefill + loop)
+    parts = {k: report(f"{name}/{k}", lambda v=v: v) for k, v in lowered.items()}
+    out = {"programs": parts, "lower_s": lower_s}
+    out["compile_s"] = sum(p["compile_s"] for p in parts.values())
+    peaks = [p["peak_estimate_GB"] for p in parts.values() if "peak_estimate_GB" in p]
+    if peaks:
+      peak = max(peaks)
+      out.update(peak_estimate_GB=peak, fits={k: peak <= v for k, v in BUDGETS_GB.items()})
+    print(f"{name}: {json.dumps(out)}", file=sys.stderr, flush=True)
+    return out
   t0 = time.perf_counter()
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
@@ -71,10 +90,10 @@ def report(name, lowered_fn) -> dict:
   return out
 
 
-def lm_shapes(layers: int):
+def lm_shapes(layers: int, scan: bool = True, remat: str | None = None, shape=LLAMA31_8B):
   from jaxsteer.models import CausalLM, ModelConfig, from_params
 
-  cfg = ModelConfig(**{**LLAMA31_8B, "num_layers": layers})
+  cfg = ModelConfig(**{**shape, "num_layers": layers, "scan_layers": scan, "remat": remat})
   module = CausalLM(cfg, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
   params = jax.eval_shape(
     lambda: module.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))["params"]
@@ -105,7 +124,7 @@ def aot_ig(lm, tokens=512, points=20, chunk=5):
 
 def aot_decode(lm, batch, prompt=128, new=128):
   import jaxsteer
-  from jaxsteer._src.models.lm import _generate
+  from jaxsteer._src.models import lm as lm_lib
   from jaxsteer.grains import SteeringVectors
 
   layer = lm.config.num_layers // 2
@@ -114,25 +133,33 @@ def aot_decode(lm, batch, prompt=128, new=128):
   f, a = steered.intercept
   i32 = jax.ShapeDtypeStruct((batch, prompt), jnp.int32)
   scalar = lambda d: jax.ShapeDtypeStruct((), d)  # noqa: E731
-  return lambda: _generate.lower(
-    lm.module, f, lm.params, sds(a), i32, i32, scalar(jnp.float32), scalar(jnp.float32),
-    jax.ShapeDtypeStruct((2,), jnp.uint32), scalar(jnp.int32), scalar(jnp.int32),
-    max_new_tokens=new, stop_at_eos=False,
-  )  # fmt: skip
+  f32, key = scalar(jnp.float32), jax.ShapeDtypeStruct((2,), jnp.uint32)
+  stop, pad = jax.ShapeDtypeStruct((4,), jnp.int32), scalar(jnp.int32)
+  static = dict(budget=new, stop_at_eos=False)
+
+  def lower():
+    pre = lm_lib._prefill.lower(lm.module, f, lm.params, sds(a), i32, i32, f32, f32, key, stop,
+                                pad, **static)  # fmt: skip
+    state = jax.eval_shape(
+      lambda *xs: lm_lib._prefill_impl(lm.module, f, *xs, new, False),
+      lm.params, sds(a), i32, i32, f32, f32, key, stop, pad,
+    )  # fmt: skip
+    loop = lm_lib._decode.lower(lm.module, f, lm.params, sds(a), state, i32, f32, f32, stop, pad,
+                                scalar(jnp.int32), stop_at_eos=False)  # fmt: skip
+    return {"prefill": pre, "decode_loop": loop}
+
+  return lower
 
 
-def aot_paca(layers, batch=4, seq=2048, rank=8):
+def aot_paca(layers, batch=4, seq=2048, rank=8, remat="full"):
   import optax
 
   import paca_jax
-  from paca_jax.models import LMConfig, TinyLlama
 
-  cfg = LMConfig(32000, 4096, layers, 32, 11008, "bfloat16", "bfloat16")
-  model = TinyLlama(cfg)
-  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-  params = params["params"]
+  lm = lm_shapes(layers, scan=False, remat=remat, shape=LLAMA2_7B)
+  params = lm.params
   plan = paca_jax.select(params, r".*_proj", rank, jax.random.key(1))
-  tr = paca_jax.Trainer(paca_jax.Paca(plan), paca_jax.lm_loss_fn(model), optax.adam(1e-4))
+  tr = paca_jax.Trainer(paca_jax.Paca(plan), paca_jax.lm_loss_fn(lm.module), optax.adam(1e-4))
   state = jax.eval_shape(tr.init, params)
   b = {"x": jax.ShapeDtypeStruct((batch, seq), jnp.int32)}
   b["y"] = b["x"]
@@ -141,8 +168,9 @@ def aot_paca(layers, batch=4, seq=2048, rank=8):
     tr._build(state, b)
     return tr._step.lower(state, b)
 
-  return lower, {"config": "LLaMA-7B widths", "layers": layers, "batch": batch, "seq": seq,
-                 "rank": rank, "trainable": plan.num_trainable()}  # fmt: skip
+  return lower, {"config": "LLaMA-2-7B shape (jaxsteer CausalLM, unrolled)", "layers": layers,
+                 "batch": batch, "seq": seq, "rank": rank, "remat": remat,
+                 "trainable": plan.num_trainable()}  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -150,6 +178,9 @@ def main(argv=None) -> int:
   p.add_argument("--layers", type=int, default=32, help="decoder layers (8B: 32)")
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("aot_8b.json"))
   p.add_argument("--only", nargs="+", default=["ig", "decode1", "decode8", "paca"])
+  p.add_argument("--no-scan", action="store_true", help="unroll the layers (IG, decode)")
+  p.add_argument("--remat", default=None, help="remat policy of IG and decode (default none)")
+  p.add_argument("--paca-remat", default="full", help="remat policy of the PaCA step")
   a = p.parse_args(argv)
   if not 1 <= a.layers <= 32:
     print("error: --layers must be in 1..32", file=sys.stderr)
@@ -159,12 +190,15 @@ def main(argv=None) -> int:
     "jax": jax.__version__,
     "layers": a.layers,
     "full_depth": a.layers == 32,
+    "scan_layers": not a.no_scan,
+    "remat": a.remat,
     "loadavg_start": os.getloadavg(),
+    "cpu_count": os.cpu_count(),
     "budgets_GB": BUDGETS_GB,
     "note": "CPU temporaries estimate the GPU's; compile time on a shared CPU machine",
     "programs": {},
   }
-  lm = lm_shapes(a.layers)
+  lm = lm_shapes(a.layers, scan=not a.no_scan, remat=a.remat)
   jobs = {
     "ig": lambda: report("ig", aot_ig(lm)),
     "decode1": lambda: report("decode1", aot_decode(lm, 1)),
@@ -172,16 +206,13 @@ def main(argv=None) -> int:
   }
   for name in a.only:
     if name == "paca":
-      lower, info = aot_paca(a.layers)
+      lower, info = aot_paca(a.layers, remat=a.paca_remat)
       res["programs"]["paca"] = {**info, **report("paca", lower)}
     else:
       res["programs"][name] = jobs[name]()
   res["loadavg_end"] = os.getloadavg()
   a.out.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=a.out.parent, prefix=f".{a.out.name}.")
-  with os.fdopen(fd, "w") as f:
-    json.dump(res, f, indent=2)
-  os.replace(tmp, a.out)
+  atomic_write_json(a.out, res)
   print(json.dumps(res, indent=2))
   return 0
 
