@@ -18,7 +18,10 @@ Launching from Python (what the tests do)::
 
 A process that exits non-zero ends the whole group at once (its peers are killed, a
 ``RuntimeError`` names it and shows the end of its stderr); a group that runs past ``timeout``
-is killed and raises ``TimeoutError``. Nothing hangs the caller.
+is killed and raises ``TimeoutError``. Nothing hangs the caller. A launched process also ends
+when its launcher dies without cleaning up (killed by SIGKILL, say): :func:`initialize` starts a
+thread that watches the launcher's pid (``$JAXSTEER_LAUNCHER_PID``) and exits the process once it
+is gone (no ``PR_SET_PDEATHSIG``: a fork-time hook that JAX warns about).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 
@@ -38,6 +42,7 @@ import numpy as np
 
 __all__ = [
   "ENV_COORDINATOR",
+  "ENV_LAUNCHER_PID",
   "ENV_NUM_PROCESSES",
   "ENV_PROCESS_ID",
   "ProcessResult",
@@ -45,6 +50,7 @@ __all__ = [
   "global_mesh",
   "initialize",
   "launch",
+  "exit_with_launcher",
   "main",
   "to_host",
 ]
@@ -52,6 +58,34 @@ __all__ = [
 ENV_COORDINATOR = "JAXSTEER_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXSTEER_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXSTEER_PROCESS_ID"
+ENV_LAUNCHER_PID = "JAXSTEER_LAUNCHER_PID"
+# Exit status of a launched process whose launcher died (EX_SOFTWARE-like, not a signal).
+ORPHAN_EXIT_CODE = 70
+
+
+def exit_with_launcher(poll_s: float = 1.0) -> bool:
+  """Ends this process (``os._exit``) once the launcher in ``$JAXSTEER_LAUNCHER_PID`` is gone.
+
+  A daemon thread compares ``os.getppid()`` with the launcher's pid every ``poll_s`` seconds: a
+  dead parent re-parents this process. Returns whether the watch started (only under
+  :func:`launch`). Called by :func:`initialize`.
+  """
+  pid = os.environ.get(ENV_LAUNCHER_PID)
+  if not pid or getattr(exit_with_launcher, "_started", False):
+    return False
+  pid = int(pid)
+  if os.getppid() != pid:  # already orphaned
+    os._exit(ORPHAN_EXIT_CODE)
+
+  def watch():
+    while True:
+      time.sleep(poll_s)
+      if os.getppid() != pid:
+        os._exit(ORPHAN_EXIT_CODE)
+
+  threading.Thread(target=watch, name="jaxsteer-exit-with-launcher", daemon=True).start()
+  exit_with_launcher._started = True
+  return True
 
 
 def initialize(
@@ -75,6 +109,7 @@ def initialize(
       process of the group is ended by the coordination service.
     initialization_timeout_s: how long to wait for all processes to connect.
   """
+  exit_with_launcher()  # a process of launch() ends with its launcher
   import jax
 
   env = os.environ
@@ -182,6 +217,7 @@ def launch(
   base.setdefault("JAX_PLATFORMS", "cpu")
   base[ENV_COORDINATOR] = f"127.0.0.1:{free_port()}"
   base[ENV_NUM_PROCESSES] = str(num_processes)
+  base[ENV_LAUNCHER_PID] = str(os.getpid())
   procs, files = [], []
   with tempfile.TemporaryDirectory(prefix="jaxsteer-launch-") as tmp:
     try:

@@ -8,8 +8,14 @@ whose data and fsdp axes both cross the processes, two PaCA and two LoRA train s
 paca_jax ``nano`` model, and an orbax checkpoint written by every process after step 1,
 restored and resumed. Process 0 writes ``OUT_DIR/results.npz``.
 
+``python mp_worker.py quick OUT_DIR DATA_DIR``: only the sharded forward and one PaCA step, on
+meshes that put fsdp (forward) and both data and fsdp (PaCA) across the processes (the 4-process
+check).
+
 ``python mp_worker.py die`` / ``hang``: process 1 exits with code 3 / sleeps, after
 ``initialize``, while process 0 waits in a collective (the launcher's failure paths).
+``python mp_worker.py sleep OUT_DIR``: every process writes ``OUT_DIR/pid_<i>`` and sleeps (the
+test that kills the launcher and expects its workers to end).
 """
 
 import os
@@ -29,6 +35,13 @@ from jax.experimental import multihost_utils  # noqa: E402
 
 PID = jax.process_index()
 
+if MODE == "sleep":
+  with open(os.path.join(sys.argv[2], f"pid_{PID}.tmp"), "w") as f:
+    f.write(str(os.getpid()))
+  os.replace(os.path.join(sys.argv[2], f"pid_{PID}.tmp"), os.path.join(sys.argv[2], f"pid_{PID}"))
+  time.sleep(3600)
+  sys.exit(0)
+
 if MODE in ("die", "hang"):
   if PID == 1:
     if MODE == "die":
@@ -47,6 +60,7 @@ from jaxsteer._src.models import loading  # noqa: E402
 from paca_jax.models import CONFIGS, TinyLlama  # noqa: E402
 
 OUT, DATA = sys.argv[2], sys.argv[3]
+QUICK = MODE == "quick"
 assert jax.process_count() >= 2 and jax.device_count() == 8, (jax.process_count(), jax.devices())
 n_proc = jax.process_count()
 MESHES = {
@@ -56,8 +70,10 @@ MESHES = {
 
 
 def crossed_mesh():
-  """(data, fsdp, tensor) = (2, 2, 2) on 2 processes with BOTH data and fsdp crossing them:
-  device (d, f, t) belongs to process (d + f) % 2."""
+  """(data, fsdp, tensor) = (2, 2, 2) with BOTH data and fsdp crossing the processes: on 2
+  processes device (d, f, t) belongs to process (d + f) % 2; on 4 to process 2 d + f."""
+  if n_proc == 4:
+    return distributed.global_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
   by_proc = [sorted((x for x in jax.devices() if x.process_index == p), key=lambda x: x.id)
              for p in range(2)]  # fmt: skip
   grid = np.empty((2, 2, 2), dtype=object)
@@ -110,7 +126,7 @@ for path, arr in flat.items():
     # fsdp spans the processes: this process never touched the other half of the rows
     assert all(s[0] != (None, None) for s in got), (key, got)
 emb = params["embed"]["embedding"]
-assert not emb.is_fully_addressable and len(emb.addressable_shards) == 4
+assert not emb.is_fully_addressable and len(emb.addressable_shards) == 8 // n_proc
 
 lm = jaxsteer.load(ckpt, tokenizer=tok, mesh=mesh)
 assert jax.tree.all(jax.tree.map(lambda a, b: a.sharding == b.sharding, lm.params, params))
@@ -124,12 +140,13 @@ assert not g_ids.is_fully_addressable
 res["logits"] = gather(lm(g_ids, g_mask))
 
 # -- contrastive IG and GrAInS fit on the sharded model -------------------------------------------
-ig = attribution.contrastive(lm, [1, 5, 6, 7], [9, 10], [11], steps=4)
-res["ig_pos"], res["ig_neg"] = ig.scores_pos, ig.scores_neg
-pairs = [grains.Pair([1, 5, 6], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
-# k = every prompt candidate: no near-tie in the token ranking can change the selection
-vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, aggregate="mean", progress=False)
-res["fit"] = np.asarray(vecs.vectors[0])
+if not QUICK:
+  ig = attribution.contrastive(lm, [1, 5, 6, 7], [9, 10], [11], steps=4)
+  res["ig_pos"], res["ig_neg"] = ig.scores_pos, ig.scores_neg
+  pairs = [grains.Pair([1, 5, 6], [9, 10], [11, 12]), grains.Pair([1, 20, 21], [30], [31, 32])]
+  # k = every prompt candidate: no near-tie in the token ranking can change the selection
+  vecs = grains.fit(lm, pairs, layers=[2], k=2, steps=4, aggregate="mean", progress=False)
+  res["fit"] = np.asarray(vecs.vectors[0])
 
 # -- PaCA and LoRA steps, data or fsdp across the processes; orbax checkpoint and resume ----------
 model = TinyLlama(CONFIGS["nano"])
@@ -141,13 +158,19 @@ methods = {
   "paca": paca_jax.Paca(plan),
   "lora": paca_jax.Lora(paca_jax.lora_plan(p0, r".*_proj", 2, alpha=4.0)),
 }
-# data and fsdp both cross the process boundary on one mesh (2 processes); with 4 processes the
-# "fsdp" mesh above puts fsdp across them (data stays inside).
-TRAIN_MESH = crossed_mesh() if n_proc == 2 else MESHES["fsdp"]
+# data and fsdp both cross the process boundary on one mesh (2 or 4 processes)
+TRAIN_MESH = crossed_mesh() if n_proc in (2, 4) else MESHES["fsdp"]
+if QUICK:
+  methods.pop("lora")
 for mname, m in methods.items():
   tr = paca_jax.Trainer(m, paca_jax.lm_loss_fn(model), optax.sgd(0.5), mesh=TRAIN_MESH)
   st = tr.init(p0, jax.random.key(3))
   st, l1 = tr.step(st, batch)
+  if QUICK:
+    res[f"{mname}_loss"] = np.asarray([float(l1)], np.float32)
+    for i, leaf in enumerate(jax.tree.leaves(st.trainable)):
+      res[f"{mname}_t{i}"] = gather(leaf)
+    continue
   if mname == "paca":
     ckdir = os.path.join(OUT, "ckpt")
     with ocp.StandardCheckpointer() as ckptr:
