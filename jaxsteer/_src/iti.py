@@ -142,6 +142,11 @@ def fit(
     ``metadata["normalize"] = False``, the heads, their validation accuracies and sigmas.
   """
   cfg = lm.config
+  if getattr(cfg, "scan_layers", False):
+    raise ValueError(
+      "ITI reads per-layer attention heads; this model's layers are scanned "
+      "(scan_layers=True): use jaxsteer.models.relayout(lm, scan_layers=False)"
+    )
   layers = tuple(range(cfg.num_layers)) if layers is None else tuple(sorted(set(layers)))
   rows = _check_common(lm, pairs, layers)
   n = len(rows)

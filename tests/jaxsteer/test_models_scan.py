@@ -192,6 +192,14 @@ def test_paca_and_lora_refuse_stacked_kernels(pair):
     paca_jax.lora_plan(sc.params, r".*_proj", 2)
 
 
+def test_iti_refuses_scanned_layers(pair):
+  from jaxsteer import iti
+
+  pairs = [jaxsteer.grains.Pair([1, 2], [3], [4])] * 5
+  with pytest.raises(ValueError, match="scanned"):
+    iti.fit(pair[1], pairs)
+
+
 def test_bad_options():
   with pytest.raises(ValueError, match="remat policy"):
     dataclasses.replace(CFG, remat="everything")
