@@ -224,7 +224,8 @@ def merge(
   The runs must share the mode, the data directory and the git commit (clean: no uncommitted
   changes); each study's folder is copied into ``out``; verdicts are recomputed from the
   intervals. Used to run the studies of one quick run as parallel processes on a shared machine.
-  A registry study that none of the runs holds is recorded as skipped with ``missing_reason``.
+  A registry study that none of the runs holds is recorded as skipped with ``missing_reason``; a
+  study one run skipped and another ran is taken from the run that ran it.
   ``allow_dirty`` accepts runs whose checkout had uncommitted changes when they started (the
   commit is then recorded with that note, per study, in the report).
   """
@@ -242,9 +243,15 @@ def merge(
   found = {}
   for d, r in zip(full_runs, runs):
     for name, st in r["studies"].items():
+      if st.get("status") == "skipped":
+        continue  # a run that skipped a study yields to a run that has it (added below if none)
       if name in found:
         raise ValueError(f"study {name} is in more than one run")
       found[name] = (d, {**st, "git_commit": r["environment"]["git_commit"]})
+  for d, r in zip(full_runs, runs):
+    for name, st in r["studies"].items():
+      if st.get("status") == "skipped" and name not in found:
+        found[name] = (d, {**st, "git_commit": r["environment"]["git_commit"]})
   for d in study_dirs:  # a study of a run stopped after that study finished: its summary.json
     name = d.name
     if name not in STUDIES or not (d / "summary.json").is_file() or name in found:

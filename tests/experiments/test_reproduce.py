@@ -295,6 +295,23 @@ def test_merge_combines_disjoint_runs_and_recomputes_verdicts(tmp_path):
   assert "**CONTRADICTED**" in (tmp_path / "m" / "REPORT.md").read_text()
 
 
+def test_merge_takes_a_study_from_the_run_that_ran_it(tmp_path):
+  """A run that skipped a study (recoder) merges with a later run of only that study."""
+  a = _run_dir(tmp_path / "a", ["grains", "recoder"])
+  data = json.loads((a / "results.json").read_text())
+  kept = {k: v for k, v in data["studies"]["recoder"].items() if k in ("paper", "claim", "mode")}
+  data["studies"]["recoder"] = {**kept, "status": "skipped", "reason": "too slow here"}
+  (a / "results.json").write_text(json.dumps(data))
+  b = _run_dir(tmp_path / "b", ["recoder"])
+  assert reproduce.main(["--merge", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+  merged = json.loads((tmp_path / "m" / "results.json").read_text())
+  assert merged["studies"]["recoder"]["status"] != "skipped"
+  assert merged["studies"]["grains"]["status"] != "skipped"
+  c = _run_dir(tmp_path / "c", ["grains", "recoder"])  # both ran recoder: still refused
+  with pytest.raises(ValueError, match="more than one run"):
+    reproduce.merge([b, c], tmp_path / "m2")
+
+
 def test_merge_refuses_overlapping_or_dirty_runs(tmp_path, capsys):
   a = _run_dir(tmp_path / "a", ["grains"])
   b = _run_dir(tmp_path / "b", ["grains"])
