@@ -211,7 +211,6 @@ def main(argv=None) -> int:
     else:
       res["programs"][name] = jobs[name]()
   res["loadavg_end"] = os.getloadavg()
-  a.out.parent.mkdir(parents=True, exist_ok=True)
   atomic_write_json(a.out, res)
   print(json.dumps(res, indent=2))
   return 0

@@ -92,7 +92,6 @@ def main(argv=None) -> int:
     res["depths"][str(d)] = row
     print(f"depth {d}: {json.dumps(row['scan_over_unrolled'])}", file=sys.stderr, flush=True)
   res["loadavg_end"] = os.getloadavg()
-  a.out.parent.mkdir(parents=True, exist_ok=True)
   atomic_write_json(a.out, res)
   print(json.dumps(res, indent=2))
   return 0

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_compiles
+from helpers import count_compiles, tiny_llama_config
 from tolerances import assert_close
 
 import jaxsteer
@@ -25,17 +25,7 @@ from jaxsteer.models import (
   unstack_layers,
 )
 
-CFG = ModelConfig(
-  arch="llama",
-  vocab_size=48,
-  hidden_size=16,
-  intermediate_size=24,
-  num_layers=3,
-  num_heads=4,
-  num_kv_heads=2,
-  head_dim=4,
-  max_position_embeddings=64,
-)
+CFG = tiny_llama_config()
 IDS = np.array([[1, 5, 9, 13, 17, 21, 3, 7], [2, 4, 6, 8, 10, 12, 14, 16]], np.int32)
 
 
