@@ -141,10 +141,40 @@ def vlm_attribution(data):
   )
 
 
+def ntk_bench(data):
+  """Speed of every SG layer against neural-tangents' own baseline (``benchmarks/ntk_bench.py``)."""
+  rows = []
+  for name, v in data["kernel_fn"]["layers"].items():
+    (key,) = [x for x in v if x.startswith("ratio_vs_")]
+    base = "stax.Erf" if key.endswith("stax_erf (min)") else "ElementwiseNumerical"
+    rows.append([f"`{name}`", v["first_call_s (compile + run)"], v["step_min_s"], v[key], base])
+  return _table(["layer", "first call (s)", "step min (s)", "ratio (min)", "vs"], rows)
+
+
+def ntk_precision(data):
+  """float32 vs float64: largest relative error over entries with |K| >= 1e-2 max, per layer."""
+  rows = [
+    [f"`{name}`", *(v[f"{q} rel (|K| >= 1e-2 max)"] for q in ("nngp", "ntk", "I(X,X)")),
+     v["I(X,X) diagonal rel"]]
+    for name, v in data["float32_vs_float64_rel_err"].items()
+  ]  # fmt: skip
+  return _table(["layer", "NNGP", "NTK", "I(X, X)", "I(X, X) diagonal"], rows)
+
+
+def ntk_big_kernel(data):
+  """The large SG-NTK + NNGP built block by block with ``nt.batch``."""
+  b = data["big_kernel"]
+  return _table(
+    ["n x n", "dtype", "block", "s incl. compile", "output GiB", "peak RSS GiB", "all finite"],
+    [[f"{b['n']} x {b['n']}", b["dtype"], b["block"], b["seconds_incl_compile"], b["output_gib"],
+      b["peak_rss_gib"], str(b["finite"])]],
+  )  # fmt: skip
+
+
 RENDERERS = {
   f.__name__: f
   for f in (claims, headline, variants, history, sgntk_mse, sgntk_gp, sgntk_digits, vlm_sweep,
-            vlm_attribution)
+            vlm_attribution, ntk_bench, ntk_precision, ntk_big_kernel)
 }  # fmt: skip
 
 
