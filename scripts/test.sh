@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAXSTEER_DATA="${JAXSTEER_DATA:-$(cd .. && pwd)/shared/data}"
-python -m pytest -n 2 -q tests "$@"
+python -m pytest -n 2 -q --durations=30 tests "$@"
 JAX_ENABLE_X64=1 python -m pytest -n 2 -q tests/ntk "$@"
 # neural-tangents 0.6.5's own test suite under ntk (sdist fetched from the registry at run time;
 # a sample: NT_NUM_GENERATED_CASES=1, no new file after 5 minutes; full table docs/ntk_upstream.md).
