@@ -17,6 +17,8 @@ from jaxsteer._src.attribution import contrastive as contrastive
 from jaxsteer._src.attribution import integrated_gradients as integrated_gradients
 from jaxsteer._src.attribution import quadrature as quadrature
 from jaxsteer._src.attribution import response_logprob as response_logprob
+from jaxsteer._src.attribution import response_width as response_width
+from jaxsteer._src.attribution import sequence_logprob as sequence_logprob
 
 __all__ = [
   "BASELINES",
@@ -31,4 +33,6 @@ __all__ = [
   "integrated_gradients",
   "quadrature",
   "response_logprob",
+  "response_width",
+  "sequence_logprob",
 ]

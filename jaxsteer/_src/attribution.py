@@ -453,24 +453,85 @@ class IGConvergenceWarning(RuntimeWarning):
   """``on_unconverged="warn"``: some attributions are returned above the completeness tolerance."""
 
 
-def _logp(module, factory, params, args, reduce):
+def response_positions(ids, response_mask, n: int):
+  """The logit positions (B, n) that predict response tokens, their targets and weights.
+
+  Row i's response tokens sit where ``response_mask[i, t] != 0`` (t >= 1); the logits at t - 1
+  predict them. Slots past a row's response count get position 0 and weight 0, so ``n`` must be
+  at least every row's number of response tokens (``contrastive_batches`` checks it on the host).
+  """
+  m = response_mask[:, 1:]
+  sel = jax.vmap(lambda r: jnp.nonzero(r != 0, size=n, fill_value=0)[0])(m).astype(jnp.int32)
+  valid = jnp.arange(n)[None] < jnp.sum(m != 0, axis=-1, keepdims=True)
+  w = jnp.where(valid, jnp.take_along_axis(m, sel, axis=1).astype(jnp.float32), 0.0)
+  return sel, jnp.take_along_axis(ids[:, 1:], sel, axis=1), w
+
+
+def _selected_logits(m, e, mask, sel):
+  """Logits at the positions ``sel`` (B, n) only: the other positions never reach the vocabulary
+  projection (the full logits that ``__call__`` also returns are unused, and XLA drops them)."""
+  _, hidden = m(inputs_embeds=e, attention_mask=mask, return_hidden=True)
+  h = jnp.take_along_axis(hidden[-1], sel[..., None], axis=1)
+  return getattr(m, "language_model", m).head(h)
+
+
+def selected_logprob(logits, targets, weights, reduce: str = "sum"):
+  """``response_logprob`` on logits already gathered at the response positions (B, n, V)."""
+  lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  tok = jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
+  s = jnp.sum(jnp.where(weights != 0, tok * weights, 0.0), axis=-1)
+  if reduce == "sum":
+    return s
+  if reduce == "mean":
+    return s / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+  raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def _logp(module, factory, params, args, reduce, n_resp=None):
   from jaxsteer._src.models.lm import apply_intercepted
 
   def logp(e, ids, mask, resp):
-    logits = apply_intercepted(module, factory, params, args, inputs_embeds=e, attention_mask=mask)
-    return response_logprob(logits, ids, resp, reduce)
+    if n_resp is None:
+      logits = apply_intercepted(
+        module, factory, params, args, inputs_embeds=e, attention_mask=mask
+      )
+      return response_logprob(logits, ids, resp, reduce)
+    sel, tgt, w = response_positions(ids, resp, n_resp)
+    logits = apply_intercepted(module, factory, params, args, e, mask, sel, method=_selected_logits)
+    return selected_logprob(logits, tgt, w, reduce)
 
   return logp
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce"))
-def contrastive_objectives(module, factory, params, args, batch, *, reduce):
+def response_width(response_masks, width: int) -> int:
+  """The static number of projected positions for these (B, T) response masks: the largest
+  response token count, rounded up to a power of two (at least 8) so batches share programs."""
+  n = max(int(np.max(np.sum(np.asarray(r)[:, 1:] != 0, axis=-1))) for r in response_masks)
+  return pow2_width(max(n, 1), max(width - 1, 1), smallest=8)
+
+
+def sequence_logprob(lm, embeds, ids, attention_mask, response_mask, *, reduce="sum", n_resp=None):
+  """log P(response | prompt) per row of the decoder input ``embeds`` (B, T, D) under ``lm``.
+
+  With ``n_resp`` (static; at least every row's response token count, see ``response_width``)
+  only the response positions are projected onto the vocabulary, which is what IG runs: for a
+  short response this removes most of the vocabulary projection and its gradient. Jittable.
+  """
+  f, a = lm.intercept
+  return _logp(lm.module, f, lm.params, a, reduce, n_resp)(
+    embeds, ids, attention_mask, response_mask
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce", "n_resp"))
+def contrastive_objectives(module, factory, params, args, batch, *, reduce, n_resp=None):
   """``(log P(y+) at x, log P(y-) at x, log P(y+) at baseline, log P(y-) at baseline)`` (B,) each.
 
   ``batch`` holds ``ids_pos, ids_neg, mask_pos, mask_neg, resp_pos, resp_neg`` (B, T) and
   ``x_pos, x_neg, base_pos, base_neg`` (B, T, D): the decoder's input sequences and the baselines.
+  ``n_resp``: project only this many response positions onto the vocabulary (``response_width``).
   """
-  logp = _logp(module, factory, params, args, reduce)
+  logp = _logp(module, factory, params, args, reduce, n_resp)
   b = batch
   return (
     logp(b["x_pos"], b["ids_pos"], b["mask_pos"], b["resp_pos"]),
@@ -480,16 +541,18 @@ def contrastive_objectives(module, factory, params, args, batch, *, reduce):
   )
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce"))
-def contrastive_ig_chunk(module, factory, params, args, batch, nodes, weights, *, reduce):
+@functools.partial(jax.jit, static_argnames=("module", "factory", "reduce", "n_resp"))
+def contrastive_ig_chunk(
+  module, factory, params, args, batch, nodes, weights, *, reduce, n_resp=None
+):
   """Per-token IG scores (B, T) of both sequences from the quadrature points ``nodes``/``weights``.
 
   Objective per pair: log P(y+ | x) - log P(y- | x), so positive scores support the preferred
   response on both sequences. The points are evaluated together (one vmapped forward + backward);
   a full quadrature is the sum of its chunks (the scores are linear in the weights), so any number
-  of points runs through one compiled program.
+  of points runs through one compiled program. ``n_resp`` as in ``contrastive_objectives``.
   """
-  logp = _logp(module, factory, params, args, reduce)
+  logp = _logp(module, factory, params, args, reduce, n_resp)
   b = batch
 
   def f(es):
@@ -606,7 +669,10 @@ def contrastive_batches(
   labels = labels or [f"pair {i}" for i in range(n)]
   images = images if images is not None else [None] * n
   limit = lm.config.max_position_embeddings
-  chunk = int(chunk_size or DEFAULT_CHUNK)
+  # Points per program: all of ``steps`` up to 2 * DEFAULT_CHUNK (every doubling is then a whole
+  # number of chunks: no zero-weight padding points, e.g. 20 points run as one chunk, not 16 + 16
+  # with 12 wasted), else chunks of DEFAULT_CHUNK.
+  chunk = int(chunk_size or (steps if steps <= 2 * DEFAULT_CHUNK else DEFAULT_CHUNK))
   chunk = min(chunk, int(steps))
   f, a = lm.intercept
   res = IGResult([None] * n, [None] * n, *(np.zeros(n) for _ in range(4)),
@@ -637,9 +703,12 @@ def contrastive_batches(
       base_pos=baseline_embeddings(lm, ids_p, baseline).astype(jnp.float32),
       base_neg=baseline_embeddings(lm, ids_n, baseline).astype(jnp.float32),
     )
+    n_resp = response_width((r_p, r_n), width)  # only response positions reach the vocabulary
     lp_x, ln_x, lp_b, ln_b = (
       to_host(t).astype(np.float64)
-      for t in contrastive_objectives(lm.module, f, lm.params, a, batch, reduce=reduce)
+      for t in contrastive_objectives(
+        lm.module, f, lm.params, a, batch, reduce=reduce, n_resp=n_resp
+      )  # fmt: skip
     )
     dF_p, dF_n = lp_x - lp_b, -(ln_x - ln_b)  # each sequence's share of F(x) - F(b)
     done = np.zeros(batch_size, bool)
@@ -657,7 +726,7 @@ def contrastive_batches(
           lm.module, f, lm.params, a, batch,
           jnp.asarray(nodes[c : c + chunk], jnp.float32),
           jnp.asarray(weights[c : c + chunk], jnp.float32),
-          reduce=reduce,
+          reduce=reduce, n_resp=n_resp,
         )  # fmt: skip
         sp += to_host(cp).astype(np.float64)  # to_host: may span processes
         sn += to_host(cn).astype(np.float64)
@@ -774,7 +843,8 @@ def contrastive(
       error is at most ``rtol`` of its objective change (spec section 2.10.2), up to ``max_steps``
       (``max_steps=steps`` gives a fixed count).
     on_unconverged: at the cap, ``raise`` (``IGConvergenceError``), ``warn`` or ``ignore``.
-    method, chunk_size: the quadrature rule and how many points run together (default 16).
+    method, chunk_size: the quadrature rule and how many points run together (default: all of
+      ``steps`` up to 32, else 16).
     reduce: ``sum`` (log-likelihood) or ``mean`` (per response token).
     separator: text between prompt and response.
     baseline: ``pad`` (default), ``zeros`` (the paper's) or ``mean``; see ``baseline_embeddings``.

@@ -640,7 +640,8 @@ def fit(
       sequence's completeness error is at most ``rtol`` of its objective change.
     on_unconverged: at the cap, ``raise`` (``IGConvergenceError`` naming the pair, its error and
       the points), ``warn`` or ``ignore``. Points and errors per pair go into the metadata.
-    method, chunk_size: the quadrature rule and the points evaluated together (default 16).
+    method, chunk_size: the quadrature rule and the points evaluated together (default: all of
+      ``steps`` up to 32, else 16).
     aggregate: ``mean`` (default) or ``pca`` (sign-aligned first PC, unit norm; falls back to the
       normalised mean when the PC's sign is not significant, see ``aggregate_pca_checked``; the
       explained variance is recorded in ``metadata["aggregation"]``).

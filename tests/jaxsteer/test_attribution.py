@@ -184,3 +184,37 @@ def test_contrastive_on_sharded_model_matches(tiny):
   b = attribution.contrastive(tiny, [1, 5, 6, 7], [9, 10], [11], steps=4)
   np.testing.assert_allclose(a.scores_pos, b.scores_pos, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(a.scores_neg, b.scores_neg, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_response_only_projection_matches_full_logits(tiny, reduce):
+  """``sequence_logprob`` with ``n_resp`` (only the positions predicting response tokens reach the
+  vocabulary, what IG runs) equals a float64 NumPy log-likelihood from the model's full logits,
+  for rows with different prompt/response lengths and right padding, and so do its gradients
+  (compared with the full-projection path's)."""
+  rng = np.random.default_rng(3)
+  ids = rng.integers(3, TINY.vocab_size, (3, 12)).astype(np.int32)
+  mask = np.ones_like(ids)
+  mask[1, 9:] = 0  # padded row
+  resp = mask.copy()
+  for row, start in enumerate((7, 4, 11)):  # responses of 5, 5 and 1 tokens
+    resp[row, :start] = 0
+  n = attribution.response_width([resp], 12)
+  assert n == 8
+  e = tiny.module.apply({"params": tiny.params}, jnp.asarray(ids), method="embed_tokens")
+  got = attribution.sequence_logprob(tiny, e, ids, mask, resp, reduce=reduce, n_resp=n)
+  full = np.asarray(tiny(ids, mask), np.float64)
+  lp = full - full.max(-1, keepdims=True)
+  lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+  want = np.array(
+    [sum(lp[b, t - 1, ids[b, t]] for t in range(1, 12) if resp[b, t]) for b in range(3)]
+  )
+  if reduce == "mean":
+    want = want / resp[:, 1:].sum(-1)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+  def total(x, k):
+    return jnp.sum(attribution.sequence_logprob(tiny, x, ids, mask, resp, reduce=reduce, n_resp=k))
+
+  g_sel, g_full = jax.grad(total)(e, n), jax.grad(total)(e, None)
+  np.testing.assert_allclose(np.asarray(g_sel), np.asarray(g_full), rtol=1e-5, atol=1e-6)

@@ -445,6 +445,20 @@ class CausalLM(nn.Module):
     m = jnp.mean(self.embed.embedding, axis=0).astype(self.dtype)
     return m * self._embed_scale() if self.config.scale_embeddings else m
 
+  def head(self, x):
+    """Float32 logits of the last decoder layer's outputs ``x`` (final norm, projection, cap).
+
+    Position-wise, so callers may apply it to a subset of positions (attribution projects only
+    the response positions onto the vocabulary).
+    """
+    x = self.norm(x)
+    logits = self.embed.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
+    logits = logits.astype(jnp.float32)
+    if self.config.final_logit_softcapping is not None:
+      cap = self.config.final_logit_softcapping
+      logits = jnp.tanh(logits / cap) * cap
+    return logits
+
   def __call__(
     self,
     input_ids=None,
@@ -480,15 +494,7 @@ class CausalLM(nn.Module):
       for layer in self.layers:
         x = layer(x, positions, slots, attention_mask, decode)
         hidden.append(x)
-    x = self.norm(x)
-    if self.config.tie_word_embeddings:
-      logits = self.embed.attend(x)
-    else:
-      logits = self.lm_head(x)
-    logits = logits.astype(jnp.float32)
-    if self.config.final_logit_softcapping is not None:
-      cap = self.config.final_logit_softcapping
-      logits = jnp.tanh(logits / cap) * cap
+    logits = self.head(x)
     if return_hidden:
       return logits, tuple(hidden)
     return logits
