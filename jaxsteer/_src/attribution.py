@@ -515,7 +515,8 @@ def sequence_logprob(lm, embeds, ids, attention_mask, response_mask, *, reduce="
 
   With ``n_resp`` (static; at least every row's response token count, see ``response_width``)
   only the response positions are projected onto the vocabulary, which is what IG runs: for a
-  short response this removes most of the vocabulary projection and its gradient. Jittable.
+  short response this removes most of the vocabulary projection and its gradient. Jittable, and
+  meant to run under ``jax.jit``: XLA then drops the unused full-sequence projection.
   """
   f, a = lm.intercept
   return _logp(lm.module, f, lm.params, a, reduce, n_resp)(
