@@ -57,8 +57,10 @@ class ModelConfig:
     scan_layers: run the decoder layers through one ``nn.scan`` (parameters stacked under
       ``layers/`` with a leading layer axis) instead of a Python loop that unrolls every layer
       (``layers_0`` .. ``layers_{L-1}``). Compile time then no longer grows with depth; steering,
-      capture and ``return_hidden`` work per layer (the layer index is a scanned value). Needs
-      identical layers (no mix of sliding and full attention). PaCA / LoRA adapters (and ITI)
+      capture and ``return_hidden`` work per layer (the layer index is a scanned value). Layers
+      that mix sliding-window and global attention (Gemma 2/3, with Gemma 3's two RoPE bases)
+      scan too: the scanned layer index selects its kind's window and RoPE
+      (``modules.layer_kinds``). PaCA / LoRA adapters (and ITI)
       need the per-layer layout: ``paca_jax`` refuses stacked kernels. Default ``False``, from
       the evidence: at 2-8 layers of a small model (``benchmarks/results/scan_layers_cpu.json``,
       load 24-30 on 2 cores) scanning gained no compile time (forward 8.8-14.9 s scanned vs
@@ -163,11 +165,6 @@ class ModelConfig:
       raise ValueError(
         f"unknown remat policy {self.remat!r}; supported: None, {', '.join(REMAT_POLICIES)}"
       )
-    if self.scan_layers and not self.layers_identical:
-      raise ValueError(
-        "scan_layers needs identical decoder layers; this config mixes sliding and full "
-        "attention layers (layer_types / rope_local_theta): use scan_layers=False"
-      )
     rot = self.rotary_dim
     if rot % 2 or not 0 < rot <= self.head_dim:
       raise ValueError(
@@ -204,7 +201,8 @@ class ModelConfig:
 
   @property
   def layers_identical(self) -> bool:
-    """Every decoder layer has the same attention window and RoPE (``nn.scan`` can stack them)."""
+    """Every decoder layer has the same attention window and RoPE (a scanned model then needs
+    no per-layer selection)."""
     return len({self.layer_is_sliding(i) for i in range(self.num_layers)}) == 1
 
   def layer_is_sliding(self, i: int) -> bool:

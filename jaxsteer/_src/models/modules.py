@@ -111,8 +111,38 @@ def apply_rope(x, positions, inv_freq, factor: float = 1.0):
   return jnp.concatenate([xr * cos + rot * sin, rest], axis=-1).astype(x.dtype)
 
 
-def layer_rope(cfg: ModelConfig, layer: int, positions):
-  """``(inv_freq, factor)`` of ``layer`` for this call (longrope picks its long set per call)."""
+def layer_kinds(cfg: ModelConfig):
+  """``(kind, first)``: each layer's kind (0 or 1; 1 = sliding-window attention, with Gemma 3's
+  local RoPE base) as an int32 numpy array (L,), and the first layer of each kind (``None`` where
+  no layer has it). Layers of one kind share their attention window and RoPE."""
+  kind = np.asarray([cfg.layer_is_sliding(i) for i in range(cfg.num_layers)], np.int32)
+  first = tuple(int(np.argmax(kind == k)) if (kind == k).any() else None for k in (0, 1))
+  return kind, first
+
+
+def _traced_kind(cfg: ModelConfig, layer):
+  """The kind (``layer_kinds``) of a traced layer index, or the first layer when all are alike."""
+  kind, first = layer_kinds(cfg)
+  if None in first:  # one kind only: a static layer stands for all
+    return next(f for f in first if f is not None), None
+  return None, jnp.asarray(kind)[layer]
+
+
+def layer_rope(cfg: ModelConfig, layer, positions):
+  """``(inv_freq, factor)`` of ``layer`` for this call (longrope picks its long set per call).
+
+  ``layer`` may be a traced index (scanned layers): the RoPE of each layer kind is computed and
+  the layer's own selected (``jnp.where``: the values are those of the unrolled layer, bit for
+  bit).
+  """
+  if not isinstance(layer, int):
+    static, kind = _traced_kind(cfg, layer)
+    if kind is None:
+      return layer_rope(cfg, static, positions)
+    _, first = layer_kinds(cfg)
+    (inv0, f0), (inv1, f1) = (layer_rope(cfg, f, positions) for f in first)
+    inv = jnp.where(kind == 1, inv1, inv0)
+    return inv, (f0 if f0 == f1 else jnp.where(kind == 1, f1, f0))
   spec = rope_spec(cfg, layer)
   inv = jnp.asarray(spec.inv_freq, jnp.float32)
   if spec.long_inv_freq is not None:
@@ -128,6 +158,22 @@ def activation(name: str):
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
   }[name]
+
+
+# A global layer's window under scanned mixed layers: ``k > q - window`` holds for every slot.
+_NO_WINDOW = np.iinfo(np.int32).max
+
+
+def layer_window(cfg: ModelConfig, layer):
+  """The sliding window of ``layer`` (``None``: global attention). For a traced ``layer`` (scanned
+  layers mixing sliding and global attention) an int32 scalar: ``sliding_window`` or, for a
+  global layer, the int32 maximum (no slot lies outside it; slots are non-negative)."""
+  if not isinstance(layer, int):
+    static, kind = _traced_kind(cfg, layer)
+    if kind is None:
+      return layer_window(cfg, static)
+    return jnp.where(kind == 1, jnp.int32(cfg.sliding_window), jnp.int32(_NO_WINDOW))
+  return cfg.sliding_window if cfg.layer_is_sliding(layer) else None
 
 
 def attention_mask(q_pos, k_pos, kv_mask, sliding_window=None):
@@ -163,8 +209,10 @@ class Attention(nn.Module):
   layer_idx: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, slots, kv_mask, decode: bool = False):
+  def __call__(self, x, positions, slots, kv_mask, decode: bool = False, layer=None):
     cfg = self.config
+    # the traced layer index under nn.scan (its window and RoPE), else the static one
+    li = self.layer_idx if layer is None else layer
     b, t, _ = x.shape
     h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     q = _dense(h * dh, cfg.attention_bias, self.dtype, self.param_dtype, "q_proj")(x)
@@ -178,7 +226,7 @@ class Attention(nn.Module):
       q = RMSNorm(cfg.norm_eps, name="q_norm", **kw)(q)
       k = RMSNorm(cfg.norm_eps, name="k_norm", **kw)(k)
     if not cfg.is_gpt2:
-      inv_freq, factor = layer_rope(cfg, self.layer_idx, positions)
+      inv_freq, factor = layer_rope(cfg, li, positions)
       q = apply_rope(q, positions, inv_freq, factor)
       k = apply_rope(k, positions, inv_freq, factor)
 
@@ -199,7 +247,7 @@ class Attention(nn.Module):
     # Causality by absolute slot, key padding and the sliding window (of this layer) all live in
     # one boolean mask (B, 1, T, S): with a KV cache the query's slot is not its row index, so
     # jax.nn's ``is_causal`` / ``local_window_size`` (relative to row indices) would be wrong there.
-    window = cfg.sliding_window if cfg.layer_is_sliding(self.layer_idx) else None
+    window = layer_window(cfg, li)
     scale = 1.0 / np.sqrt(
       cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else dh
     )
@@ -262,7 +310,8 @@ class DecoderLayer(nn.Module):
   ``x + post_feedforward_norm(mlp(pre_feedforward_norm(x)))``.
 
   ``layer`` is the traced layer index under ``nn.scan`` (``None`` when the layers are unrolled;
-  then ``layer_idx`` is the index). Only interceptors read it.
+  then ``layer_idx`` is the index): it selects the layer's attention window and RoPE (mixed
+  sliding / global layers) and interceptors read it (``layer_of``).
   """
 
   config: ModelConfig
@@ -273,14 +322,13 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, slots, kv_mask, decode: bool = False, layer=None):
-    del layer  # for interceptors (layer_of)
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = _norm(cfg, "input_norm", **kw)(x)
     attn = Attention(
       cfg, name="attn", implementation=self.attn_implementation, layer_idx=self.layer_idx, **kw
     )
-    h = attn(h, positions, slots, kv_mask, decode)
+    h = attn(h, positions, slots, kv_mask, decode, layer=layer)
     if cfg.sandwich_norms:
       x = x + _norm(cfg, "post_attention_norm", **kw)(h)
       h = _norm(cfg, "pre_feedforward_norm", **kw)(x)
@@ -317,7 +365,7 @@ class _ScanStep(nn.Module):
       dtype=self.dtype,
       param_dtype=self.param_dtype,
       attn_implementation=self.attn_implementation,
-      layer_idx=0,  # every layer alike (ModelConfig checks); RoPE/window of layer 0
+      layer_idx=0,  # unused: the scanned layer index selects each layer's window and RoPE
     )
     nn.share_scope(self, self.layer)
 
