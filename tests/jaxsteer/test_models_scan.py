@@ -17,7 +17,6 @@ import jaxsteer
 import paca_jax
 from jaxsteer.grains import CaptureInterceptor, SteeringVectors, hidden_last
 from jaxsteer.models import (
-  ModelConfig,
   from_params,
   init_random,
   relayout,
@@ -193,9 +192,90 @@ def test_iti_refuses_scanned_layers(pair):
 def test_bad_options():
   with pytest.raises(ValueError, match="remat policy"):
     dataclasses.replace(CFG, remat="everything")
-  mixed = dict(
-    sliding_window=4, layer_types=("sliding_attention", "full_attention", "full_attention")
+
+
+@pytest.fixture(scope="module")
+def llava_pair(tmp_path_factory):
+  """(transformers LLaVA-1.5, unrolled, scanned with remat) from one tiny saved checkpoint."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  text = dict(
+    model_type="llama",
+    vocab_size=70,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
   )
-  ModelConfig(**{**dataclasses.asdict(CFG), **mixed})  # fine unrolled
-  with pytest.raises(ValueError, match="identical decoder layers"):
-    ModelConfig(**{**dataclasses.asdict(CFG), **mixed, "scan_layers": True})
+  vision = dict(
+    model_type="clip_vision_model",
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+  )
+  torch.manual_seed(0)
+  cfg = transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_id=64)
+  model = transformers.LlavaForConditionalGeneration(cfg).eval()
+  with torch.no_grad():
+    for n, p in model.named_parameters():
+      if "q_proj" in n or "k_proj" in n:
+        p.mul_(6.0)  # peaked attention, so the layers differ visibly
+  d = tmp_path_factory.mktemp("llava")
+  model.save_pretrained(d)
+  return model, jaxsteer.load(str(d)), jaxsteer.load(str(d), scan_layers=True, remat="full")
+
+
+def test_llava_scanned_language_model_equals_unrolled(llava_pair):
+  from tolerances import PARITY_ATOL_F32
+
+  from jaxsteer._src.attribution import ImageInputs
+
+  torch = pytest.importorskip("torch")
+  model, un, sc = llava_pair
+  assert "layers" in sc.params["language_model"] and "layers_0" not in sc.params["language_model"]
+  assert sc.config.scan_layers and sc.vlm_config.text.remat == "full"
+  rng = np.random.default_rng(0)
+  pixels = rng.normal(size=(2, 3, 28, 28)).astype(np.float32)
+  ids = np.array([[1, 5, 64, 64, 64, 64, 9, 13, 2, 7], [1, 64, 64, 64, 64, 4, 6, 8, 10, 12]])
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(ids), pixel_values=torch.tensor(pixels)).logits.numpy()
+  la, ha = un(ids, pixel_values=pixels, return_hidden=True)
+  lb, hb = sc(ids, pixel_values=pixels, return_hidden=True)
+  np.testing.assert_allclose(np.asarray(lb), ref, atol=PARITY_ATOL_F32, rtol=0)
+  assert_close(lb, la)
+  assert len(hb) == 3
+  for i in range(3):
+    assert_close(hb[i], ha[i], err_msg=f"layer {i}")
+  # steering per layer, with images
+  vecs = SteeringVectors((0, 2), rng.normal(size=(2, 16)).astype(np.float32))
+  alpha = np.array([2.0, -3.0], np.float32)
+  sa, sb = jaxsteer.steer(un, vecs, alpha), jaxsteer.steer(sc, vecs, alpha)
+  base = ha
+  ha = sa(ids, pixel_values=pixels, return_hidden=True)[1]
+  hb = sb(ids, pixel_values=pixels, return_hidden=True)[1]
+  for i in range(3):
+    assert_close(hb[i], ha[i], err_msg=f"steered layer {i}")
+  assert np.abs(np.asarray(hb[0]) - np.asarray(base[0])).max() > 1e-3  # the steering acts
+  # capture per layer (image rows), and cached decoding with the image
+  images = [ImageInputs(pixels[i : i + 1]) for i in range(2)]
+  rows = [list(r) for r in ids]
+  assert_close(
+    hidden_last(sc, rows, (0, 2), images=images), hidden_last(un, rows, (0, 2), images=images)
+  )
+  want = sa.generate_ids(ids, pixel_values=pixels, max_new_tokens=6, stop_at_eos=False)
+  got = sb.generate_ids(ids, pixel_values=pixels, max_new_tokens=6, stop_at_eos=False)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_llava_relayout_round_trip(llava_pair):
+  _, un, sc = llava_pair
+  back = relayout(sc, scan_layers=False)
+  assert type(back) is type(un) and not back.vlm_config.text.scan_layers
+  jax.tree.map(np.testing.assert_array_equal, back.params, un.params)
+  again = relayout(un, scan_layers=True)
+  jax.tree.map(np.testing.assert_array_equal, again.params, sc.params)

@@ -121,7 +121,8 @@ def load(
       (default: the model directory's tokenizer, or ``tok{vocab}.bin`` beside a ``.bin``).
     rules: logical-axis -> mesh-axis table (``jaxsteer.models.DEFAULT_RULES``).
     scan_layers: run the decoder layers through ``nn.scan`` (``ModelConfig.scan_layers``); the
-      per-layer checkpoint tensors are stacked as they are read (text models only).
+      per-layer checkpoint tensors are stacked as they are read (a VLM's language model too;
+      its vision tower stays unrolled).
     remat: per-layer rematerialisation policy (``ModelConfig.remat``).
 
   Returns:
@@ -152,13 +153,10 @@ def load(
       if cand.is_file():
         tokenizer = cand
   if scan_layers or remat is not None:
-    if not isinstance(cfg, ModelConfig):
-      raise ValueError(
-        f"scan_layers / remat are supported for text models only, not {type(cfg).__name__}"
-      )
-    cfg = dataclasses.replace(cfg, scan_layers=bool(scan_layers), remat=remat)
-    if cfg.scan_layers:
-      arrays = loading.stack_views(arrays, cfg.num_layers)
+    cfg = _with_layout(cfg, scan_layers, remat)
+    text = cfg if isinstance(cfg, ModelConfig) else cfg.text
+    if text.scan_layers:
+      arrays = loading.stack_views(arrays, text.num_layers)
   text_cfg = arch.text_config(cfg) if arch.text_config is not None else cfg
   tok = make_tokenizer(tokenizer, text_cfg)
   if dtype is None:  # the checkpoint's floating dtype
@@ -181,31 +179,49 @@ def from_params(config: ModelConfig, params, tokenizer=None, dtype=jnp.float32) 
   return LanguageModel(module, _layer_layout(params, config), config, tokenizer)
 
 
+def _with_layout(cfg, scan_layers, remat):
+  """``cfg`` (a ``ModelConfig``, or a VLM config whose ``text`` is one) with the decoder layout."""
+  text = cfg if isinstance(cfg, ModelConfig) else getattr(cfg, "text", None)
+  if not isinstance(text, ModelConfig):
+    raise ValueError(
+      f"scan_layers / remat need a decoder-only language model, not {type(cfg).__name__}"
+    )
+  text = dataclasses.replace(text, scan_layers=bool(scan_layers), remat=remat)
+  return text if isinstance(cfg, ModelConfig) else dataclasses.replace(cfg, text=text)
+
+
 def _layer_layout(params, config: ModelConfig):
   if not isinstance(config, ModelConfig):
     return params
-  if config.scan_layers and "layers_0" in params:
+  decoder = params.get("language_model", params)  # a VLM's decoder sits under language_model
+  if config.scan_layers and "layers_0" in decoder:
     return stack_layers(params, config.num_layers)
-  if not config.scan_layers and "layers" in params:
+  if not config.scan_layers and "layers" in decoder:
     return unstack_layers(params)
   return params
 
 
 def relayout(lm: LanguageModel, *, scan_layers: bool, remat: str | None = None) -> LanguageModel:
   """``lm`` with its decoder layers scanned (stacked parameters) or unrolled (per-layer), and the
-  given ``remat`` policy; the parameters are converted (and re-placed on ``lm.mesh``).
+  given ``remat`` policy; the parameters are converted (and re-placed on ``lm.mesh``). For a
+  ``VisionLanguageModel`` this is its language model's decoder (the vision tower stays unrolled).
 
   Raises:
-    ValueError: ``lm`` is not a text ``LanguageModel`` (a VLM keeps its unrolled layers), or the
-      config cannot be scanned (mixed sliding and full attention layers).
+    ValueError: ``lm`` is neither a text ``LanguageModel`` nor a ``VisionLanguageModel``.
   """
-  if type(lm) is not LanguageModel or not isinstance(lm.config, ModelConfig):
-    raise ValueError(f"relayout supports text LanguageModels only, not {type(lm).__name__}")
-  cfg = dataclasses.replace(lm.config, scan_layers=bool(scan_layers), remat=remat)
+  vlm = getattr(lm, "vlm_config", None)
+  if not isinstance(lm.config, ModelConfig) or (type(lm) is not LanguageModel and vlm is None):
+    raise ValueError(
+      f"relayout supports LanguageModels and VisionLanguageModels, not {type(lm).__name__}"
+    )
+  cfg = _with_layout(lm.config, scan_layers, remat)
   params = _layer_layout(lm.params, cfg)
   if lm.mesh is not None and params is not lm.params:
     params = jax.device_put(params, loading.param_shardings(params, lm.mesh))
-  return lm.replace(module=lm.module.clone(config=cfg), params=params, config=cfg)
+  if vlm is None:
+    return lm.replace(module=lm.module.clone(config=cfg), params=params, config=cfg)
+  vcfg = dataclasses.replace(vlm, text=cfg)
+  return lm.replace(module=lm.module.clone(config=vcfg), params=params, config=cfg, vlm_config=vcfg)
 
 
 def init_random(config, seed: int = 0, dtype=jnp.float32, tokenizer=None):
