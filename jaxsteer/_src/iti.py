@@ -15,6 +15,9 @@ A baseline for GrAInS in the same API:
    ``SteeringVectors`` with ``site="attn"`` and ``normalize=False``, so ``jaxsteer.steer`` applies
    them by interception, with the KV cache and without recompiling for a new alpha.
 
+Scanned decoders (``ModelConfig.scan_layers``) work alike: the heads are sown per scanned layer
+(a leading layer axis) and the steering applies each layer's vector by its traced layer index.
+
   >>> vecs = iti.fit(lm, pairs, k=16)  # doctest: +SKIP
   >>> jaxsteer.steer(lm, vecs, alpha=15.0).generate("Q: ...\\nA:")  # doctest: +SKIP
 """
@@ -36,23 +39,32 @@ from jaxsteer._src.models.lm import apply_intercepted
 
 @dataclasses.dataclass(frozen=True)
 class HeadCapture:
-  """Sows the input of every layer's ``attn/o_proj`` into ``intermediates``."""
+  """Sows the input of every layer's ``attn/o_proj`` into ``intermediates`` (scanned layers,
+  ``ModelConfig.scan_layers``: under ``layers/`` with a leading layer axis)."""
 
   def __call__(self, _args=None):
     def interceptor(next_fun, args, kwargs, context):
       m = context.module
       if context.method_name == "__call__" and m.name == "o_proj" and len(m.path) >= 3:
-        if m.path[-2] == "attn" and m.path[-3].startswith("layers_"):
+        if m.path[-2] == "attn" and _is_layer_key(m.path[-3]):
           m.sow("intermediates", "heads", args[0] if args else kwargs["inputs"])
       return next_fun(*args, **kwargs)
 
     return interceptor
 
 
+def _is_layer_key(key: str) -> bool:
+  return key == "layers" or (key.startswith("layers_") and key[7:].isdigit())
+
+
 def _collect(tree, out):
   for key, value in tree.items():
-    if isinstance(value, dict) and "attn" in value and key.startswith("layers_"):
-      out[int(key.split("_")[1])] = value["attn"]["o_proj"]["heads"][0]
+    if isinstance(value, dict) and "attn" in value and _is_layer_key(key):
+      heads = value["attn"]["o_proj"]["heads"][0]
+      if key == "layers":  # scanned: (L, B, T, H * Dh)
+        out.update({i: heads[i] for i in range(heads.shape[0])})
+      else:
+        out[int(key[7:])] = heads
     elif isinstance(value, dict):
       _collect(value, out)
   return out
@@ -142,11 +154,6 @@ def fit(
     ``metadata["normalize"] = False``, the heads, their validation accuracies and sigmas.
   """
   cfg = lm.config
-  if getattr(cfg, "scan_layers", False):
-    raise ValueError(
-      "ITI reads per-layer attention heads; this model's layers are scanned "
-      "(scan_layers=True): use jaxsteer.models.relayout(lm, scan_layers=False)"
-    )
   layers = tuple(range(cfg.num_layers)) if layers is None else tuple(sorted(set(layers)))
   rows = _check_common(lm, pairs, layers)
   n = len(rows)
@@ -211,6 +218,9 @@ def _o_proj_kernels(lm) -> dict[int, np.ndarray]:
   params = lm.params
   if "language_model" in params:  # a VLM's decoder
     params = params["language_model"]
+  if "layers" in params:  # scanned decoder: stacked (L, H * Dh, D)
+    stacked = np.asarray(params["layers"]["attn"]["o_proj"]["kernel"], np.float32)
+    return {i: stacked[i] for i in range(lm.config.num_layers)}
   return {
     i: np.asarray(params[f"layers_{i}"]["attn"]["o_proj"]["kernel"], np.float32)
     for i in range(lm.config.num_layers)

@@ -1,7 +1,8 @@
 """Decoder layers through ``nn.scan`` (``ModelConfig.scan_layers``) and ``nn.remat``: the scanned
 model equals the unrolled one in logits, every layer's output, steering at every site, capture,
 gradients and KV-cache greedy decoding; the real stories260K checkpoint loads scanned (sharded too)
-and decodes its golden tokens; PaCA / LoRA refuse stacked kernels."""
+and decodes its golden tokens; PaCA / LoRA refuse stacked kernels; ITI and a LLaVA language model
+work scanned. Gemma 2/3 (mixed sliding and global layers) scanned: test_models_archs.py."""
 
 import dataclasses
 
@@ -181,12 +182,32 @@ def test_paca_and_lora_refuse_stacked_kernels(pair):
     paca_jax.lora_plan(sc.params, r".*_proj", 2)
 
 
-def test_iti_refuses_scanned_layers(pair):
+@pytest.mark.parametrize("remat", [None, "full"])
+def test_iti_fitted_and_applied_on_scanned_equals_unrolled(pair, remat):
+  """Per-head capture before o_proj (sown per scanned layer), the probes, the chosen heads and
+  their residual-form vectors, and the steered logits (applied inside the scan by the traced
+  layer index) equal the unrolled model's."""
   from jaxsteer import iti
+  from jaxsteer.grains import Pair
 
-  pairs = [jaxsteer.grains.Pair([1, 2], [3], [4])] * 5
-  with pytest.raises(ValueError, match="scanned"):
-    iti.fit(pair[1], pairs)
+  lm, _ = pair
+  sc = relayout(lm, scan_layers=True, remat=remat)
+  pairs = [Pair([1, 5 + i, 9 + (i % 3), 13], [20 + i % 4, 40], [20 + i % 4, 41]) for i in range(10)]
+  rows = [p.prompt + p.preferred for p in pairs]
+  acts = iti.head_activations(sc, rows)
+  assert acts.shape == (10, 3, 4, 4)
+  assert_close(acts, iti.head_activations(lm, rows))
+  assert np.abs(acts[:, 0] - acts[:, 1]).max() > 1e-3  # layers not mixed up or repeated
+  va, vb = iti.fit(lm, pairs, k=3), iti.fit(sc, pairs, k=3)
+  assert vb.layers == va.layers
+  assert [(h["layer"], h["head"]) for h in vb.metadata["heads"]] == [
+    (h["layer"], h["head"]) for h in va.metadata["heads"]
+  ]
+  assert_close(vb.vectors, va.vectors)
+  want = np.asarray(jaxsteer.steer(lm, va, alpha=5.0)(IDS))
+  got = np.asarray(jaxsteer.steer(sc, vb, alpha=5.0)(IDS))
+  assert_close(got, want)
+  assert np.abs(got - np.asarray(sc(IDS))).max() > 1e-3
 
 
 def test_bad_options():

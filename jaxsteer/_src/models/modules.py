@@ -17,7 +17,9 @@ With ``ModelConfig.scan_layers`` the layers run through one ``nn.scan`` instead:
 ``DecoderLayer`` named ``layers`` whose parameters (and KV cache, and sown intermediates) carry a
 leading layer axis. Its ``__call__`` then receives the layer index as a traced scalar (the
 ``layer`` argument; ``None`` when unrolled), so interceptors select per-layer values from stacked
-arrays; :func:`layer_of` gives an interceptor the index either way. :func:`stack_layers` and
+arrays; :func:`layer_of` gives an interceptor the index either way. The same index selects the
+layer's attention window and RoPE where layers differ (Gemma 2/3's sliding and global layers:
+:func:`layer_kinds`, :func:`layer_window`, :func:`layer_rope`), so one scanned body serves both. :func:`stack_layers` and
 :func:`unstack_layers` convert parameter trees between the two layouts (checkpoints, HF weight maps
 and exporters use the per-layer one). ``ModelConfig.remat`` wraps each layer in ``nn.remat``.
 

@@ -20,8 +20,9 @@ tests/jaxsteer/test_llava.py).
 
 The Flax module ``Llava`` has the submodules ``vision_tower`` (``VisionTower``),
 ``multi_modal_projector`` and ``language_model`` (the text ``CausalLM``, unchanged: its decoder
-layers are the ``DecoderLayer`` modules ``layers_i``, so steering and capture interceptors work
-as for a language model), plus the ``image_newline`` parameter for NeXT.
+layers are the ``DecoderLayer`` modules ``layers_i``, or one scanned ``layers`` with
+``jaxsteer.load(..., scan_layers=True)``, so steering and capture interceptors work as for a
+language model), plus the ``image_newline`` parameter for NeXT.
 
 Static shapes: the number of tiles, the unpadded feature grid and hence the number of image tokens
 of a LLaVA-NeXT image depend on its original size, so ``image_sizes`` are static Python ints (a
