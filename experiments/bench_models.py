@@ -7,6 +7,7 @@ weights are built in transformers at one small shape, saved with ``save_pretrain
 with ``jaxsteer.load``; both run on this machine in one process on the same threads. Ratios are
 jaxsteer tokens/s over transformers tokens/s (> 1: jaxsteer faster). Compile time (first call) is
 reported apart from the steady-state timings; every JAX timing ends with ``block_until_ready``.
+Steady-state times are the minimum over ``--repeats`` calls (the least disturbed one).
 
 * prefill: one forward over ``batch x prompt_len`` tokens (logits for all positions).
 * decode: greedy generation with a KV cache; decode tokens/s is
@@ -16,17 +17,25 @@ reported apart from the steady-state timings; every JAX timing ends with ``block
   ``matmul_GFLOPs`` is the best of XLA's and PyTorch's 1024^3 float32 matmul. Decode's bound is
   ``batch / (bytes of weights + KV cache read per step / read_GBps)``; prefill's is
   ``tokens / (FLOPs of the forward / matmul_GFLOPs)``. ``fraction_of_bound`` = rate / bound.
-* ``load_average`` (``os.getloadavg``) is recorded: above the core count the machine was shared,
-  the bounds and rates are low by unknown factors and a decode rate lost in the noise is ``None``.
-  The one run made so far (``--quick``, 2026-12-01, load average 22 on 2 cores, 7 sessions at once)
-  is such a run: every architecture's logits matched transformers (<= 6.1e-7) and its greedy
-  tokens were identical; prefill was 1.5-24x transformers', but no rate or fraction from it is a
-  measurement of the code. Rerun on a quiet machine before quoting a number.
+* ``load_average`` (``os.getloadavg``) is recorded: above the core count the machine was shared
+  (``shared_machine``), the bounds and rates are low by unknown factors, every fraction is
+  indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
+  before quoting a number.
+
+Published runs: ``benchmarks/results/bench_models_llama_small.json`` (Llama, small shape, quiet,
+before the decode changes below: decode 0.65 of its bound, prefill 0.69). Since then greedy
+decoding no longer sorts the vocabulary and draws random numbers every step (a ``lax.cond`` on the
+temperature; this was the largest non-matmul cost of a decode step) and the KV cache is kept in
+the layouts the attention dots read (no whole-cache transposes per step); not yet measured quiet.
 
 Usage::
 
   python -m experiments.bench_models            # all architectures at the small shape
   python -m experiments.bench_models --quick    # tiny shape, fewer repeats
+  # the issue-16 speed check: Llama only, small shape (31.6M parameters, batch 4, prompt 64,
+  # 32 new tokens), 1 thread, min of 7; about 2 minutes on the quiet 2-core machine
+  # (add --out benchmarks/results/bench_models_llama_small.json to publish the JSON)
+  python -m experiments.bench_models --arch llama --repeats 7
 """
 
 from __future__ import annotations
@@ -115,7 +124,7 @@ def hf_cases(kw: dict) -> dict[str, tuple[str, str, dict]]:
 
 
 def _timeit(fn, repeats: int) -> tuple[float, float]:
-  """(first-call seconds, median steady-state seconds)."""
+  """(first-call seconds, minimum steady-state seconds over ``repeats`` calls)."""
   t0 = time.perf_counter()
   fn()
   first = time.perf_counter() - t0
@@ -124,7 +133,7 @@ def _timeit(fn, repeats: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     fn()
     ts.append(time.perf_counter() - t0)
-  return first, float(np.median(ts))
+  return first, float(np.min(ts))
 
 
 def _ratio(a, b):
@@ -308,14 +317,15 @@ def set_threads(threads: int) -> None:
     os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
 
 
-def run(quick: bool = False, threads: int = 1, archs=None) -> dict:
+def run(quick: bool = False, threads: int = 1, archs=None, repeats: int | None = None) -> dict:
   set_threads(threads)
   import jax
   import torch
 
   name = "tiny" if quick else "small"
   kw = SHAPES[name]
-  shape = dict(batch=4, prompt_len=64, new_tokens=32, repeats=3 if quick else 5)
+  repeats = repeats or (3 if quick else 5)
+  shape = dict(batch=4, prompt_len=64, new_tokens=32, repeats=repeats)
   load_before = os.getloadavg()
   bounds = measure_bounds()
   cases = hf_cases(kw)
@@ -345,13 +355,28 @@ def run(quick: bool = False, threads: int = 1, archs=None) -> dict:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+    prog="python -m experiments.bench_models",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("--quick", action="store_true", help="tiny shape, fewer repeats")
   p.add_argument("--threads", type=int, default=1, help="CPU threads per framework (0: defaults)")
-  p.add_argument("--arch", action="append", help="only these architectures (repeatable)")
+  p.add_argument(
+    "--arch",
+    action="append",
+    help="only these architectures (repeatable): " + ", ".join(hf_cases(SHAPES["tiny"])),
+  )
+  p.add_argument("--repeats", type=int, help="timed calls per measurement (default 5; 3 quick)")
   p.add_argument("--out", help="also write the JSON here")
   args = p.parse_args(argv)
-  out = json.dumps(run(quick=args.quick, threads=args.threads, archs=args.arch), indent=2)
+  known = hf_cases(SHAPES["tiny"])
+  bad = [a for a in args.arch or [] if a not in known]
+  if bad or (args.repeats is not None and args.repeats < 1):
+    what = f"unknown architecture {bad[0]!r}" if bad else "--repeats must be at least 1"
+    p.exit(2, f"bench_models: {what}; known: {', '.join(known)}\n")
+  res = run(quick=args.quick, threads=args.threads, archs=args.arch, repeats=args.repeats)
+  out = json.dumps(res, indent=2)
   print(out)
   if args.out:
     atomic_write_text(args.out, out + "\n")

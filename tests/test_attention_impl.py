@@ -1,4 +1,4 @@
-"""Attention runs through ``jax.nn.dot_product_attention``; its implementation is selectable.
+"""Attention runs through ``jaxsteer``'s own core (``attend``) or cuDNN; the implementation is selectable.
 
 Parity with transformers (padding, GQA, sliding window) is tests/jaxsteer/test_models_parity.py;
 here: the ``attn_implementation`` switch reaches every layer, and the boolean mask reproduces an

@@ -77,17 +77,28 @@ def init_cache(module: CausalLM, batch: int, length: int):
 
 
 def sample_token(logits, temperature, top_p, key):
-  """Greedy when ``temperature == 0``; otherwise temperature and nucleus (top-p) sampling."""
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  scaled = logits / jnp.maximum(temperature, 1e-6)
-  srt = jnp.sort(scaled, axis=-1)[..., ::-1]
-  probs = jax.nn.softmax(srt, axis=-1)
-  cum = jnp.cumsum(probs, axis=-1)
-  keep = (cum - probs) < top_p  # the most likely token is always kept
-  thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
-  scaled = jnp.where(scaled < thresh, -jnp.inf, scaled)
-  sampled = jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
-  return jnp.where(temperature > 0, sampled, greedy)
+  """Greedy when ``temperature == 0``; otherwise temperature and nucleus (top-p) sampling.
+
+  With a scalar ``temperature`` only the chosen branch runs (``lax.cond``): greedy decoding does
+  not pay for the sort over the vocabulary and the random draws that sampling needs.
+  """
+
+  def greedy():
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  def sampled():
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    srt = jnp.sort(scaled, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(srt, axis=-1)
+    cum = jnp.cumsum(probs, axis=-1)
+    keep = (cum - probs) < top_p  # the most likely token is always kept
+    thresh = jnp.min(jnp.where(keep, srt, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled < thresh, -jnp.inf, scaled)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+  if jnp.ndim(temperature) == 0:
+    return jax.lax.cond(temperature > 0, sampled, greedy)
+  return jnp.where(temperature > 0, sampled(), greedy())
 
 
 # Prompt widths and generation budgets are rounded up to these multiples, so prompts of similar

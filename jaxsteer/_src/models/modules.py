@@ -40,7 +40,7 @@ import numpy as np
 from jaxsteer._src.models.config import ModelConfig, rope_spec
 
 Dtype = Any
-_NEG = -1e30  # additive mask value: finite, so fully masked rows stay NaN-free
+_NEG = -1e30  # masked-score value: finite, so fully masked rows stay NaN-free
 
 
 class RMSNorm(nn.Module):
@@ -187,21 +187,38 @@ def attention_mask(q_pos, k_pos, kv_mask, sliding_window=None):
   return allowed[:, None]
 
 
-def attention_weights_bias(q_pos, k_pos, kv_mask, sliding_window=None):
-  """Additive attention bias (B, 1, 1, T, S): causal by absolute slot, key padding, sliding window."""
-  allowed = k_pos[:, None, :] <= q_pos[:, :, None]
-  if sliding_window is not None:
-    allowed &= k_pos[:, None, :] > q_pos[:, :, None] - sliding_window
-  allowed &= kv_mask[:, None, :].astype(bool)
-  return jnp.where(allowed, 0.0, _NEG)[:, None, None, :, :].astype(jnp.float32)
+def attend(q, k, vt, allowed, scale: float, softcap: float | None = None):
+  """Grouped-query attention: ``softmax(mask(cap(q k^T * scale))) v``, as JAX's XLA
+  ``dot_product_attention`` computes it (scores and softmax in float32, masked scores set to a
+  large finite negative number), with Gemma 2's optional soft-capping of the scores.
+
+  q: (B, T, H, Dh); k: (B, KVH, S, Dh); vt: values transposed, (B, KVH, Dh, S); allowed: boolean
+  (B, 1, T, S). Returns (B, T, H, Dh). The query heads of a group share their key/value head.
+  """
+  b, t, h, dh = q.shape
+  kvh = k.shape[1]
+  qg = q.reshape(b, t, kvh, h // kvh, dh)
+  scores = jnp.einsum(
+    "btkgd,bksd->bkgts", qg, k.astype(q.dtype), preferred_element_type=jnp.float32
+  )
+  if softcap is None:
+    scores = scores * jnp.float32(scale)
+  else:
+    scores = jnp.tanh(scores * scale / softcap) * softcap
+  scores = jnp.where(allowed[:, :, None], scores, _NEG)
+  probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
+  out = jnp.einsum("bkgts,bkds->btkgd", probs, vt)
+  return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
 class Attention(nn.Module):
   """Multi-head / grouped-query self-attention with RoPE (Llama family) or without (GPT-2).
 
-  Scores and softmax go through ``jax.nn.dot_product_attention``; ``implementation`` is its
-  ``implementation`` argument: ``None`` (XLA, or cuDNN where JAX picks it), ``"xla"`` or
-  ``"cudnn"`` (GPU, fp16/bf16 only).
+  Scores and softmax go through :func:`attend` (the computation of JAX's XLA
+  ``dot_product_attention``, on the cache's layouts, with Gemma 2's soft-capping);
+  ``implementation="cudnn"`` (GPU, fp16/bf16 only) sends uncapped attention to
+  ``jax.nn.dot_product_attention``'s cuDNN kernel instead. ``None`` and ``"xla"`` both mean
+  :func:`attend`.
   """
 
   config: ModelConfig
@@ -232,47 +249,48 @@ class Attention(nn.Module):
       q = apply_rope(q, positions, inv_freq, factor)
       k = apply_rope(k, positions, inv_freq, factor)
 
+    # Keys are kept as (B, KVH, S, Dh) and values transposed, (B, KVH, Dh, S): the layouts the
+    # two attention dots read (contracted axis last), so a decode step writes its new entries into
+    # the cache and copies nothing else (slot-major buffers were transposed whole every step).
+    k, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 3, 1)
     k_slots = slots
     if decode:
       # kv_mask spans the whole cache; write this chunk at cache_index and attend over the buffer.
       length = kv_mask.shape[1]
-      ck = self.variable("cache", "cached_key", jnp.zeros, (b, length, kvh, dh), k.dtype)
-      cv = self.variable("cache", "cached_value", jnp.zeros, (b, length, kvh, dh), v.dtype)
+      ck = self.variable("cache", "cached_key", jnp.zeros, (b, kvh, length, dh), k.dtype)
+      cv = self.variable("cache", "cached_value", jnp.zeros, (b, kvh, dh, length), vt.dtype)
       idx = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
       i = idx.value
-      ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, i, 0, 0))
-      cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, i, 0, 0))
+      ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, 0, i, 0))
+      cv.value = jax.lax.dynamic_update_slice(cv.value, vt.astype(cv.value.dtype), (0, 0, 0, i))
       idx.value = i + t
-      k, v = ck.value, cv.value
+      k, vt = ck.value, cv.value
       k_slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (b, length))
 
     # Causality by absolute slot, key padding and the sliding window (of this layer) all live in
-    # one boolean mask (B, 1, T, S): with a KV cache the query's slot is not its row index, so
-    # jax.nn's ``is_causal`` / ``local_window_size`` (relative to row indices) would be wrong there.
+    # one boolean mask (B, 1, T, S): with a KV cache the query's slot is not its row index.
     window = layer_window(cfg, li)
     scale = 1.0 / np.sqrt(
       cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else dh
     )
-    if cfg.attn_logit_softcapping is None:
-      allowed = attention_mask(slots, k_slots, kv_mask, window)
+    allowed = attention_mask(slots, k_slots, kv_mask, window)
+    if self.implementation not in (None, "xla", "cudnn"):
+      raise ValueError(
+        f"unknown attention implementation {self.implementation!r}; use None, 'xla' or 'cudnn'"
+      )
+    if self.implementation == "cudnn" and cfg.attn_logit_softcapping is None:
       out = jax.nn.dot_product_attention(
         q,
-        k.astype(q.dtype),
-        v.astype(q.dtype),
+        k.transpose(0, 2, 1, 3).astype(q.dtype),
+        vt.transpose(0, 3, 1, 2).astype(q.dtype),
         mask=allowed,
         scale=float(scale),
-        implementation=self.implementation,
-      ).reshape(b, t, h * dh)
-    else:  # Gemma 2's soft-capped scores: jax.nn.dot_product_attention has no cap
-      bias = attention_weights_bias(slots, k_slots, kv_mask, window)
-      qg = q.reshape(b, t, kvh, h // kvh, dh)
-      scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
-      cap = cfg.attn_logit_softcapping
-      scores = jnp.tanh(scores * scale / cap) * cap + bias
-      probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-      out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h * dh)
+        implementation="cudnn",
+      )
+    else:
+      out = attend(q, k, vt, allowed, float(scale), cfg.attn_logit_softcapping)
     return _dense(cfg.hidden_size, cfg.attention_out_bias, self.dtype, self.param_dtype, "o_proj")(
-      out
+      out.reshape(b, t, h * dh)
     )
 
 
