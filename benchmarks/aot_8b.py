@@ -4,17 +4,19 @@
 for: IG of 512 tokens with 20 Gauss-Legendre points in chunks of 5, GrAInS-steered greedy decode
 with a KV cache at batch 1 and 8 (128-token prompt, 128 new tokens: the prefill program and the
 ``lax.while_loop`` decode program that ``LanguageModel.generate_ids`` runs), and one PaCA Adam
-step of a LLaMA-7B-shaped model (rank 8 on every projection, batch 4 x 2048 tokens). Nothing is
+step of a LLaMA-7B-shaped model (rank 8 on every projection, batch 4 x 2048 tokens), and the same
+step with LoRA (rank 8, every projection). Nothing is
 allocated: parameter shapes come from ``jax.eval_shape``. ``memory_analysis()`` gives argument,
 output, temporary and aliased bytes; ``peak_estimate_GB`` = arguments + outputs + temporaries -
 aliased (for decode: the larger of its two programs), checked against the 80 GB (H100) and 141 GB
 (H200) budgets. CPU temporaries only estimate the GPU's (other fusion and scheduling).
 
-IG and decode run the decoder through ``nn.scan`` (``ModelConfig.scan_layers``), so compile time
-does not grow with depth; ``--no-scan`` unrolls the layers instead. PaCA adapts per-layer kernels
-(it refuses a scanned decoder), so its step uses the unrolled jaxsteer ``CausalLM`` at LLaMA-7B
-shape with every layer rematerialised (``--paca-remat``, default ``full``): without remat the
-activations of 32 layers at 8k tokens do not fit.
+IG, decode and the PaCA / LoRA steps run the decoder through ``nn.scan``
+(``ModelConfig.scan_layers``), so compile time does not grow with depth; ``--no-scan`` unrolls the
+layers instead. The PaCA / LoRA steps rematerialise every layer (``--paca-remat``, default
+``full``): without remat the activations of 32 layers at 8k tokens do not fit. (The CPU compiler
+ignored remat in the *unrolled* 32-layer program, estimating 294 GB; under ``nn.scan`` the remat
+boundary is the scan body, which it keeps.)
 
 Usage::
 
@@ -151,15 +153,20 @@ def aot_decode(lm, batch, prompt=128, new=128):
   return lower
 
 
-def aot_paca(layers, batch=4, seq=2048, rank=8, remat="full"):
+def aot_paca(layers, batch=4, seq=2048, rank=8, remat="full", scan=True, method="paca"):
   import optax
 
   import paca_jax
 
-  lm = lm_shapes(layers, scan=False, remat=remat, shape=LLAMA2_7B)
+  lm = lm_shapes(layers, scan=scan, remat=remat, shape=LLAMA2_7B)
   params = lm.params
-  plan = paca_jax.select(params, r".*_proj", rank, jax.random.key(1))
-  tr = paca_jax.Trainer(paca_jax.Paca(plan), paca_jax.lm_loss_fn(lm.module), optax.adam(1e-4))
+  if method == "paca":
+    plan = paca_jax.select(params, r".*_proj", rank, jax.random.key(1))
+    m = paca_jax.Paca(plan)
+  else:
+    plan = paca_jax.lora_plan(params, r".*_proj", rank)
+    m = paca_jax.Lora(plan)
+  tr = paca_jax.Trainer(m, paca_jax.lm_loss_fn(lm.module), optax.adam(1e-4))
   state = jax.eval_shape(tr.init, params)
   b = {"x": jax.ShapeDtypeStruct((batch, seq), jnp.int32)}
   b["y"] = b["x"]
@@ -168,19 +175,23 @@ def aot_paca(layers, batch=4, seq=2048, rank=8, remat="full"):
     tr._build(state, b)
     return tr._step.lower(state, b)
 
-  return lower, {"config": "LLaMA-2-7B shape (jaxsteer CausalLM, unrolled)", "layers": layers,
-                 "batch": batch, "seq": seq, "rank": rank, "remat": remat,
-                 "trainable": plan.num_trainable()}  # fmt: skip
+  layout = "scanned" if scan else "unrolled"
+  return lower, {"config": f"LLaMA-2-7B shape (jaxsteer CausalLM, {layout})", "method": method,
+                 "layers": layers, "scan_layers": scan, "batch": batch, "seq": seq, "rank": rank,
+                 "remat": remat, "trainable": plan.num_trainable()}  # fmt: skip
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--layers", type=int, default=32, help="decoder layers (8B: 32)")
   p.add_argument("--out", type=pathlib.Path, default=pathlib.Path("aot_8b.json"))
-  p.add_argument("--only", nargs="+", default=["ig", "decode1", "decode8", "paca"])
-  p.add_argument("--no-scan", action="store_true", help="unroll the layers (IG, decode)")
+  p.add_argument(
+    "--only", nargs="+", default=["ig", "decode1", "decode8", "paca", "lora"],
+    choices=["ig", "decode1", "decode8", "paca", "lora"],
+  )  # fmt: skip
+  p.add_argument("--no-scan", action="store_true", help="unroll the layers (all programs)")
   p.add_argument("--remat", default=None, help="remat policy of IG and decode (default none)")
-  p.add_argument("--paca-remat", default="full", help="remat policy of the PaCA step")
+  p.add_argument("--paca-remat", default="full", help="remat policy of the PaCA / LoRA steps")
   a = p.parse_args(argv)
   if not 1 <= a.layers <= 32:
     print("error: --layers must be in 1..32", file=sys.stderr)
@@ -198,6 +209,8 @@ def main(argv=None) -> int:
     "note": "CPU temporaries estimate the GPU's; compile time on a shared CPU machine",
     "programs": {},
   }
+  if a.paca_remat in ("none", "None", ""):
+    a.paca_remat = None
   lm = lm_shapes(a.layers, scan=not a.no_scan, remat=a.remat)
   jobs = {
     "ig": lambda: report("ig", aot_ig(lm)),
@@ -205,9 +218,9 @@ def main(argv=None) -> int:
     "decode8": lambda: report("decode8", aot_decode(lm, 8)),
   }
   for name in a.only:
-    if name == "paca":
-      lower, info = aot_paca(a.layers, remat=a.paca_remat)
-      res["programs"]["paca"] = {**info, **report("paca", lower)}
+    if name in ("paca", "lora"):
+      lower, info = aot_paca(a.layers, remat=a.paca_remat, scan=not a.no_scan, method=name)
+      res["programs"][name] = {**info, **report(name, lower)}
     else:
       res["programs"][name] = jobs[name]()
   res["loadavg_end"] = os.getloadavg()

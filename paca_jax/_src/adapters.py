@@ -19,6 +19,13 @@ Trainable trees are nested dicts that mirror the model's module paths, with leav
 (PaCA, ``(r, out)``), ``a``/``b`` (LoRA), or the whole params tree (full fine-tuning). With a plan
 ``alpha`` the stored ``rows`` are the kernel rows divided by ``s = alpha / r`` (:func:`row_values`
 gives the kernel rows); without one (or ``alpha == r``) they are the kernel rows themselves.
+
+Scanned decoders (``jaxsteer`` ``ModelConfig.scan_layers``: parameters stacked under ``layers/``)
+take the same per-layer plans; every method stacks the adapters of one stacked module along the
+layer axis (``layers/attn/q_proj/rows`` ``(L, r, out)``, ``a`` ``(L, in, r)``, ``b`` ``(L, r,
+out)``, quantised bases ``(L, ...)``) and hands each layer its slice inside the scan through one
+extra params leaf (``paca_jax._src.layers``). Layer ``i``'s rows, initial adapters and quantised
+kernels are exactly those of module ``layers_i/...`` in the unrolled model.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from paca_jax._src.layers import ADAPTER_LEAF, LayerGroup, layer_groups
 from paca_jax._src.nf4 import dequantize_nf4, nf4_matmul, nf4_partial_matmul, quantize_nf4
 from paca_jax._src.ops import partial_matmul, take_rows, write_rows_into
 from paca_jax._src.plan import Plan, PlanEntry, find_kernels, match_targets, path_seed
@@ -74,18 +82,84 @@ def _by_module(tree, paths) -> dict:
   return traverse_util.flatten_dict(tree, sep="/", is_leaf=lambda p, _: "/".join(p) in paths)
 
 
-def _pop_kernels(params, plan):
-  """``(params without the planned kernels, {path: kernel as (in, out)})``.
+def _pop_kernels(params, shapes):
+  """``(params without the kernels of ``shapes``, {path: kernel reshaped to shapes[path]})``.
 
   A module left with no parameters stays in the tree as an empty dict.
   """
   flat = _flat(params)
   kernels = {}
-  for e in plan:
-    kernels[e.path] = flat.pop(e.path + "/kernel").reshape(e.in_features, e.out_features)
-    if not any(k.startswith(e.path + "/") for k in flat):
-      flat[e.path] = traverse_util.empty_node
+  for path, shape in shapes.items():
+    kernels[path] = flat.pop(path + "/kernel").reshape(shape)
+    if not any(k.startswith(path + "/") for k in flat):
+      flat[path] = traverse_util.empty_node
   return _nested(flat), kernels
+
+
+def _split(entries, tree):
+  """``(stacked groups, per-layer-tree entries)`` of ``entries`` on ``tree``'s layout."""
+  return layer_groups(entries, tree)
+
+
+def _g3(g: LayerGroup) -> tuple[int, int, int]:
+  return (g.layers, g.first.in_features, g.first.out_features)
+
+
+def _shapes(groups, plain) -> dict:
+  out = {e.path: (e.in_features, e.out_features) for e in plain}
+  out.update({g.path: _g3(g) for g in groups})
+  return out
+
+
+def _inject(params, data):
+  """``params`` with ``data[g]`` (a dict of stacked arrays) as leaf ``ADAPTER_LEAF`` of every
+  stacked module ``g``: ``nn.scan`` slices it along the layer axis with the module's kernel."""
+  if not data:
+    return params
+  flat = _flat(params)
+  for gpath, d in data.items():
+    if flat.get(gpath) is traverse_util.empty_node:
+      del flat[gpath]
+    for k, v in traverse_util.flatten_dict(d, sep="/").items():
+      flat[f"{gpath}/{ADAPTER_LEAF}/{k}"] = v
+  return _nested(flat)
+
+
+def _layer_data(module, path):
+  d = module.get_variable("params", ADAPTER_LEAF)
+  if d is None:
+    raise ValueError(
+      f"module {path!r} of a scanned decoder was called without its adapters; run the model "
+      "with method.model_params(frozen, trainable) inside method.context(frozen, trainable)"
+    )
+  return d
+
+
+def _layer_entry(g: LayerGroup, idx) -> PlanEntry:
+  """The entry one scanned layer sees: the stacked path, that layer's (traced) indices."""
+  return PlanEntry(g.path, idx, g.shape)
+
+
+def _take_layer_rows(k3, idx):
+  """``k3[l, idx[l]]`` for every layer: ``(L, in, out)``, ``(L, r)`` -> ``(L, r, out)``."""
+  lidx = jnp.arange(k3.shape[0], dtype=jnp.int32)[:, None]
+  return k3.at[lidx, jnp.asarray(idx)].get(indices_are_sorted=True, unique_indices=True)
+
+
+def _write_layer_rows(k3, idx, rows):
+  """``k3.at[l, idx[l]].set(rows[l])`` for every layer (sorted, unique: in place under donation)."""
+  lidx = jnp.arange(k3.shape[0], dtype=jnp.int32)[:, None]
+  return k3.at[lidx, jnp.asarray(idx)].set(
+    rows.astype(k3.dtype), indices_are_sorted=True, unique_indices=True
+  )
+
+
+def _stack_trees(trees):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _layer_slice(tree, i):
+  return jax.tree.map(lambda a: a[i], tree)
 
 
 def _set_kernels(params, kernels):
@@ -165,17 +239,28 @@ def row_values(plan: Plan, trainable, path: str):
   return _rows(plan, _by_module(trainable, (path,)), path)
 
 
-def _paca_compute(plan: Plan, rows, merged: bool):
-  rows = _by_module(rows, plan.paths)
+def _group_scale(plan: Plan, g: LayerGroup) -> float:
+  return plan.scale(g.first.path)
+
+
+def _paca_compute(plan: Plan, rows, merged: bool, groups=()):
+  gmap = {g.path: g for g in groups}
+  grouped = {e.path for g in groups for e in g.entries}
+  rows = _by_module(rows, [p for p in plan.paths if p not in grouped])
 
   def compute(module, x, path, next_fun):
     del next_fun
-    e = plan[path]
+    if path in gmap:  # a scanned layer: its indices and (scaled) rows come with the params
+      d = _layer_data(module, path)
+      e, p = _layer_entry(gmap[path], d["idx"]), d["rows"]
+    else:
+      e, p = plan[path], _rows(plan, rows, path)
     kernel = module.get_variable("params", "kernel")
     _, out_shape = _dense_geometry(module, kernel.shape)
     dtype = module.dtype or jnp.result_type(x.dtype, kernel.dtype)
     k2 = kernel.reshape(e.in_features, e.out_features).astype(dtype)
-    y = partial_matmul(x.astype(dtype), k2, _rows(plan, rows, path), e.idx, merged=merged)
+    sorted_ = True if path in gmap else None  # layer_groups checked the stacked indices
+    y = partial_matmul(x.astype(dtype), k2, p, e.idx, merged=merged, indices_sorted=sorted_)
     b = _bias(module, dtype, out_shape)
     if b is not None:
       y = y + b
@@ -197,26 +282,57 @@ def intercept(plan: Plan, rows, *, merged: bool = False, strict: bool = True):
   return _intercepting(plan.paths, _paca_compute(plan, rows, merged), strict)
 
 
+def _paths(groups, plain):
+  return [e.path for e in plain] + [g.path for g in groups]
+
+
 def write_rows(params, plan: Plan, rows):
-  """``kernel.at[idx].set(rows)`` for every planned module (functional; in place under donation)."""
+  """``kernel.at[idx].set(rows)`` for every planned module (functional; in place under donation).
+
+  On a scanned decoder's stacked params, ``rows`` holds each stacked module's ``(L, r, out)``.
+  """
   params = _unwrap(params)
-  flat, rows = _flat(params), _by_module(rows, plan.paths)
-  for e in plan:
+  groups, plain = _split(plan.entries, params)
+  flat, rows = _flat(params), _by_module(rows, _paths(groups, plain))
+  for e in plain:
     r = _rows(plan, rows, e.path).reshape(e.rank, *e.shape[1:])
     flat[e.path + "/kernel"] = write_rows_into(flat[e.path + "/kernel"], e.idx, r)
+  for g in groups:
+    k = flat[g.path + "/kernel"]
+    r = _scaled(rows[g.path]["rows"], _group_scale(plan, g))
+    flat[g.path + "/kernel"] = _write_layer_rows(k.reshape(_g3(g)), g.idx, r).reshape(k.shape)
   return _nested(flat)
 
 
 def _init_rows(params, plan: Plan):
   params = _unwrap(params)
+  groups, plain = _split(plan.entries, params)
   flat = _flat(params)
   out = {}
-  for e in plan:
+  for e in plain:
     k = flat[e.path + "/kernel"]
     rows = take_rows(k, e.idx).reshape(e.rank, e.out_features).astype(jnp.float32)
     s = plan.scale(e.path)
     out[e.path + "/rows"] = rows if s == 1.0 else rows / jnp.float32(s)
+  for g in groups:
+    k3 = flat[g.path + "/kernel"].reshape(_g3(g))
+    rows = _take_layer_rows(k3, g.idx).astype(jnp.float32)
+    s = _group_scale(plan, g)
+    out[g.path + "/rows"] = rows if s == 1.0 else rows / jnp.float32(s)
   return _nested(out)
+
+
+def _paca_layer_data(plan: Plan, groups, trainable, quant=None):
+  """Per stacked module: its indices ``(L, r)``, scaled rows and (quantised PaCA) base."""
+  rows = _by_module(trainable, [g.path for g in groups])
+  qd = {} if quant is None else _by_module(quant, [g.path for g in groups])
+  out = {}
+  for g in groups:
+    d = {"idx": jnp.asarray(g.idx), "rows": _scaled(rows[g.path]["rows"], _group_scale(plan, g))}
+    if quant is not None:
+      d["quant"] = qd[g.path]
+    out[g.path] = d
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,12 +357,15 @@ class Paca:
     return write_rows(frozen, self.plan, trainable)
 
   def model_params(self, frozen, trainable):
-    del trainable
-    return frozen
+    groups, _ = _split(self.plan.entries, frozen)
+    return _inject(frozen, _paca_layer_data(self.plan, groups, trainable))
 
   def context(self, frozen, trainable):
-    del frozen
-    return intercept(self.plan, trainable, merged=True)
+    groups, _ = _split(self.plan.entries, frozen)
+    compute = _paca_compute(self.plan, trainable, True, groups)
+    grouped = {e.path for g in groups for e in g.entries}
+    paths = [p for p in self.plan.paths if p not in grouped] + [g.path for g in groups]
+    return _intercepting(paths, compute)
 
   def merge(self, frozen, trainable):
     return write_rows(frozen, self.plan, trainable)
@@ -351,14 +470,23 @@ class _Nf4Store:
 
 
 def _quantise(store, params, plan, *, zero_rows: bool):
-  """``{"params": rest, "quant": ...}``; with ``zero_rows`` the base never holds PaCA's rows."""
-  rest, kernels = _pop_kernels(params, plan)
-  quant = {}
-  for e in plan:
-    k = kernels[e.path].astype(jnp.float32)
+  """``{"params": rest, "quant": ...}``; with ``zero_rows`` the base never holds PaCA's rows.
+
+  A scanned decoder's stacked module is quantised layer by layer (exactly as the unrolled
+  model's) and the results stacked along the layer axis.
+  """
+  groups, plain = _split(plan.entries, params)
+  rest, kernels = _pop_kernels(params, _shapes(groups, plain))
+
+  def one(k, e):
+    k = k.astype(jnp.float32)
     if zero_rows:
       k = write_rows_into(k, e.idx, jnp.zeros((e.rank, e.out_features)))
-    quant[e.path] = store._quantize(k, e)
+    return store._quantize(k, e)
+
+  quant = {e.path: one(kernels[e.path], e) for e in plain}
+  for g in groups:
+    quant[g.path] = _stack_trees([one(kernels[g.path][i], e) for i, e in enumerate(g.entries)])
   return {"params": rest, "quant": _nested(quant)}
 
 
@@ -384,34 +512,46 @@ class _QuantPaca:
     return frozen
 
   def model_params(self, frozen, trainable):
-    return frozen["params"]
+    groups, _ = _split(self.plan.entries, frozen["quant"])
+    data = _paca_layer_data(self.plan, groups, trainable, frozen["quant"])
+    return _inject(frozen["params"], data)
 
   def context(self, frozen, trainable):
     plan = self.plan
-    quant, rows = _by_module(frozen["quant"], plan.paths), _by_module(trainable, plan.paths)
+    groups, plain = _split(plan.entries, frozen["quant"])
+    gmap = {g.path: g for g in groups}
+    paths = [e.path for e in plain]
+    quant, rows = _by_module(frozen["quant"], paths), _by_module(trainable, paths)
 
     def compute(module, x, path, next_fun):
-      e = plan[path]
+      if path in gmap:
+        d = _layer_data(module, path)
+        e, qd, p = _layer_entry(gmap[path], d["idx"]), d["quant"], d["rows"]
+      else:
+        e, qd, p = plan[path], quant[path], _rows(plan, rows, path)
       _, out_shape = _dense_geometry(module, e.shape)
       dtype = module.dtype or x.dtype
-      y = self._partial_matmul(x.astype(dtype), quant[path], _rows(plan, rows, path), e)
+      y = self._partial_matmul(x.astype(dtype), qd, p, e)
       b = _bias(module, dtype, out_shape)
       if b is not None:
         y = y + b
       return y.reshape(*x.shape[:-1], *out_shape)
 
-    return _intercepting(plan.paths, compute)
+    return _intercepting(paths + list(gmap), compute)
 
   def merge(self, frozen, trainable, dtype=jnp.float32):
-    quant, rows = (
-      _by_module(frozen["quant"], self.plan.paths),
-      _by_module(trainable, self.plan.paths),
-    )
-    kernels = {}
-    for e in self.plan:
-      k = self._dequantize(quant[e.path], e, dtype)
-      k = write_rows_into(k, e.idx, _rows(self.plan, rows, e.path))
-      kernels[e.path] = k.reshape(e.shape)
+    groups, plain = _split(self.plan.entries, frozen["quant"])
+    paths = _paths(groups, plain)
+    quant, rows = _by_module(frozen["quant"], paths), _by_module(trainable, paths)
+
+    def one(qd, e, r):
+      return write_rows_into(self._dequantize(qd, e, dtype), e.idx, r).reshape(e.shape)
+
+    kernels = {e.path: one(quant[e.path], e, _rows(self.plan, rows, e.path)) for e in plain}
+    for g in groups:
+      r = _scaled(rows[g.path]["rows"], _group_scale(self.plan, g))
+      per = [one(_layer_slice(quant[g.path], i), e, r[i]) for i, e in enumerate(g.entries)]
+      kernels[g.path] = jnp.stack(per)
     return _set_kernels(frozen["params"], kernels)
 
   def num_trainable(self, trainable=None) -> int:
@@ -508,39 +648,68 @@ class _LoraBody:
   def init(self, params, key=None):
     params = _unwrap(params)
     key = jax.random.key(0) if key is None else key
-    out = {}
-    for e in self.plan:
+    groups, plain = _split(self.plan.entries, params)
+
+    def one(e):
       k = jax.random.fold_in(key, path_seed(e.path))
       bound = 1.0 / np.sqrt(e.in_features)
       a = jax.random.uniform(k, (e.in_features, self.plan.rank), jnp.float32, -bound, bound)
-      out[e.path] = {"a": a, "b": jnp.zeros((self.plan.rank, e.out_features), jnp.float32)}
+      return {"a": a, "b": jnp.zeros((self.plan.rank, e.out_features), jnp.float32)}
+
+    out = {e.path: one(e) for e in plain}
+    for g in groups:  # layer i's adapters are those of the unrolled module layers_i/...
+      out[g.path] = _stack_trees([one(e) for e in g.entries])
     return self._frozen(params), _nested(out)
 
   def prepare(self, frozen, trainable):
     return frozen
 
+  def model_params(self, frozen, trainable):
+    groups, _ = _split(self.plan.entries, self._layout(frozen))
+    ab = _by_module(trainable, [g.path for g in groups])
+    data = {g.path: dict(ab[g.path]) for g in groups}
+    if groups and self._layout(frozen) is not frozen:  # a quantised base travels along
+      qd = _by_module(frozen["quant"], [g.path for g in groups])
+      for g in groups:
+        data[g.path]["quant"] = qd[g.path]
+    return _inject(self._rest(frozen), data)
+
   def context(self, frozen, trainable):
     scale, base = self.plan.scale, self._base_call(frozen)
-    adapters = _by_module(trainable, self.plan.paths)
+    groups, plain = _split(self.plan.entries, self._layout(frozen))
+    gmap = {g.path: g for g in groups}
+    paths = [e.path for e in plain]
+    adapters = _by_module(trainable, paths)
 
     def compute(module, x, path, next_fun):
-      xd, y, finish = base(module, x, path, next_fun)
-      ab, dt = adapters[path], xd.dtype
+      if path in gmap:
+        ab = _layer_data(module, path)
+        e, qd = dataclasses.replace(gmap[path].first, path=path), ab.get("quant")
+      else:
+        ab, e, qd = adapters[path], self.plan[path], None
+      xd, y, finish = base(module, x, e, qd, next_fun)
+      dt = xd.dtype
       delta = jnp.matmul(jnp.matmul(xd, ab["a"].astype(dt)), ab["b"].astype(dt))
       return finish(y + (scale * delta).reshape(y.shape).astype(dt))
 
-    return _intercepting(self.plan.paths, compute)
+    return _intercepting(paths + list(gmap), compute)
 
   def _merge(self, frozen, trainable, dtype):
     base = self._base_kernel(frozen, dtype)
-    adapters = _by_module(trainable, self.plan.paths)
+    groups, plain = _split(self.plan.entries, self._layout(frozen))
+    adapters = _by_module(trainable, _paths(groups, plain))
     kernels = {}
-    for e in self.plan:
+    for e in plain:
       k, out_dtype = base(e)
       ab = adapters[e.path]
       k = k + self.plan.scale * (ab["a"] @ ab["b"])
       kernels[e.path] = k.reshape(e.shape).astype(out_dtype)
-    return _set_kernels(self.model_params(frozen, trainable), kernels)
+    for g in groups:
+      k, out_dtype = base(g)
+      ab = adapters[g.path]
+      k = k + self.plan.scale * jnp.einsum("lir,lro->lio", ab["a"], ab["b"])
+      kernels[g.path] = k.reshape(g.layers, *g.shape).astype(out_dtype)
+    return _set_kernels(self._rest(frozen), kernels)
 
   def num_trainable(self, trainable=None) -> int:
     return self.plan.num_trainable()
@@ -559,11 +728,14 @@ class Lora(_LoraBody):
   def _frozen(self, params):
     return params
 
-  def model_params(self, frozen, trainable):
+  def _layout(self, frozen):
+    return frozen
+
+  def _rest(self, frozen):
     return frozen
 
   def _base_call(self, frozen):
-    def call(module, x, path, next_fun):
+    def call(module, x, e, qd, next_fun):
       y = next_fun(x)  # the module itself, bias included
       return x.astype(y.dtype), y, lambda out: out
 
@@ -572,9 +744,10 @@ class Lora(_LoraBody):
   def _base_kernel(self, frozen, dtype):
     flat = _flat(frozen)
 
-    def kernel(e):
+    def kernel(e):  # an entry (in, out) or a stacked group (L, in, out)
       k = flat[e.path + "/kernel"]
-      return k.astype(jnp.float32).reshape(e.in_features, e.out_features), k.dtype
+      shape = _g3(e) if isinstance(e, LayerGroup) else (e.in_features, e.out_features)
+      return k.astype(jnp.float32).reshape(shape), k.dtype
 
     return kernel
 
@@ -597,14 +770,17 @@ class LoraNf4(_LoraBody, _Nf4Store):
   def _frozen(self, params):
     return _quantise(self, params, self.plan, zero_rows=False)
 
-  def model_params(self, frozen, trainable):
+  def _layout(self, frozen):
+    return frozen["quant"]
+
+  def _rest(self, frozen):
     return frozen["params"]
 
   def _base_call(self, frozen):
-    quant = _by_module(frozen["quant"], self.plan.paths)
+    groups, plain = _split(self.plan.entries, frozen["quant"])
+    quant = _by_module(frozen["quant"], [e.path for e in plain])
 
-    def call(module, x, path, next_fun):
-      e = self.plan[path]
+    def call(module, x, e, qd, next_fun):
       _, out_shape = _dense_geometry(module, e.shape)
       dtype = module.dtype or x.dtype
       xd = x.astype(dtype)
@@ -614,13 +790,24 @@ class LoraNf4(_LoraBody, _Nf4Store):
         y = y if b is None else y + b
         return y.reshape(*x.shape[:-1], *out_shape)
 
-      return xd, self._matmul(xd, quant[path], e), finish
+      return xd, self._matmul(xd, quant[e.path] if qd is None else qd, e), finish
 
     return call
 
   def _base_kernel(self, frozen, dtype):
-    quant = _by_module(frozen["quant"], self.plan.paths)
-    return lambda e: (self._dequantize(quant[e.path], e, jnp.float32), dtype)
+    groups, plain = _split(self.plan.entries, frozen["quant"])
+    quant = _by_module(frozen["quant"], _paths(groups, plain))
+
+    def kernel(e):
+      if isinstance(e, LayerGroup):
+        qd = quant[e.path]
+        per = [
+          self._dequantize(_layer_slice(qd, i), x, jnp.float32) for i, x in enumerate(e.entries)
+        ]
+        return jnp.stack(per), dtype
+      return self._dequantize(quant[e.path], e, jnp.float32), dtype
+
+    return kernel
 
   def merge(self, frozen, trainable, dtype=jnp.float32):
     return self._merge(frozen, trainable, dtype)

@@ -29,6 +29,9 @@ Usage::
   save_peft_adapter(to_lora(method, base_params, state.trainable), "out/lora_adapter")
   save_paca_adapter(method, base_params, state.trainable, "out/paca_adapter")
   method, trainable = load_paca_adapter("out/paca_adapter", base_params)
+
+A scanned decoder's stacked parameters and adapters (``ModelConfig.scan_layers``) are unstacked to
+the per-layer names first, so every export is the unrolled model's, file for file.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from flax import traverse_util
 from jaxsteer._src import fileio
 from paca_jax._src import hf_names
 from paca_jax._src.adapters import Lora, LoraNf4, Paca, PacaInt8, PacaNf4, row_values
+from paca_jax._src.layers import is_stacked, stack, unstack
 from paca_jax._src.ops import take_rows
 from paca_jax._src.plan import find_kernels, select
 from paca_jax._src.plan import unwrap_params as _unwrap
@@ -142,8 +146,9 @@ def _atomic_dir(directory, write, kind: str) -> pathlib.Path:
 
 
 def hf_state_dict(params) -> dict[str, np.ndarray]:
-  """HF tensor names and layouts of a Llama-family params tree (see ``hf_names.hf_tensors``)."""
-  return hf_names.hf_tensors(jax.device_get(_unwrap(params)))
+  """HF tensor names and layouts of a Llama-family params tree (see ``hf_names.hf_tensors``);
+  a scanned decoder's stacked layers are unstacked to per-layer names."""
+  return hf_names.hf_tensors(unstack(jax.device_get(_unwrap(params))))
 
 
 def _source_dir(source) -> pathlib.Path | None:
@@ -257,8 +262,10 @@ def to_lora(method, base_params, trainable) -> dict[str, dict]:
 
   For PaCA, ``base_params`` must be the original (pre-fine-tuning) weights; ``a`` is the one-hot
   selector, ``b`` the delta ``(rows - K0[idx]) / s`` and ``scale`` ``s = alpha / r``.
+  Keys are per-layer module paths, also for a scanned decoder's stacked trainable tree.
   """
   out = {}
+  trainable = unstack(trainable)
   if isinstance(method, PacaInt8 | PacaNf4):
     raise ValueError(
       f"to_lora: a {method.name} fine-tune has no exact LoRA form (its base is quantised); "
@@ -287,13 +294,25 @@ def to_lora(method, base_params, trainable) -> dict[str, dict]:
 
 
 def apply_lora(base_params, adapters):
-  """``kernel + scale * a @ b`` for every adapter (float32 accumulation, base dtype out)."""
-  flat = traverse_util.flatten_dict(_unwrap(base_params), keep_empty_nodes=True, sep="/")
+  """``kernel + scale * a @ b`` for every adapter (float32 accumulation, base dtype out).
+
+  A scanned decoder's stacked ``base_params`` are unstacked, updated and stacked again.
+  """
+  base_params = _unwrap(base_params)
+  if is_stacked(base_params):
+    layers = _num_layers(base_params)
+    return stack(apply_lora(unstack(base_params), adapters), layers)
+  flat = traverse_util.flatten_dict(base_params, keep_empty_nodes=True, sep="/")
   for path, ad in adapters.items():
     k = flat[path + "/kernel"]
     d = (ad["scale"] * (jnp.asarray(ad["a"]) @ jnp.asarray(ad["b"]))).reshape(k.shape)
     flat[path + "/kernel"] = (k.astype(jnp.float32) + d).astype(k.dtype)
   return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def _num_layers(params) -> int:
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return int(next(v.shape[0] for k, v in flat.items() if "/layers/" in "/" + k))
 
 
 def _hf_linear_name(path: str, what: str) -> str:
@@ -373,6 +392,7 @@ def save_paca_adapter(method, base_params, trainable, directory, *, base_model: 
     raise ValueError(f"save_paca_adapter: method {getattr(method, 'name', method)!r} is not PaCA")
   plan = method.plan
   r = plan.rank
+  trainable = unstack(trainable)
   sd, names = {}, []
   for e in plan:
     name = _hf_linear_name(e.path, "save_paca_adapter")
@@ -446,4 +466,7 @@ def load_paca_adapter(directory, base_params):
     k0 = np.asarray(take_rows(_base_kernel(base_params, e), e.idx), np.float32)
     rows = k0 + np.float32(s) * delta.T.astype(np.float32)
     trainable[e.path + "/rows"] = jnp.asarray(rows if s == 1.0 else rows / np.float32(s))
-  return Paca(plan), traverse_util.unflatten_dict(trainable, sep="/")
+  trainable = traverse_util.unflatten_dict(trainable, sep="/")
+  if is_stacked(_unwrap(base_params)):  # a scanned decoder: stack the rows like the params
+    trainable = stack(trainable, _num_layers(_unwrap(base_params)))
+  return Paca(plan), trainable

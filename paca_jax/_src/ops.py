@@ -136,7 +136,15 @@ def _pmm_bwd(merged, sorted_, res, dy):
 _pmm.defvjp(_pmm_fwd, _pmm_bwd)
 
 
-def partial_matmul(x: jax.Array, w: jax.Array, p: jax.Array, idx, *, merged: bool = False):
+def partial_matmul(
+  x: jax.Array,
+  w: jax.Array,
+  p: jax.Array,
+  idx,
+  *,
+  merged: bool = False,
+  indices_sorted: bool | None = None,
+):
   """``x @ w.at[idx].set(p)`` whose backward saves only ``x[..., idx]``.
 
   Args:
@@ -150,6 +158,8 @@ def partial_matmul(x: jax.Array, w: jax.Array, p: jax.Array, idx, *, merged: boo
       once per optimizer step), so the forward is the single GEMM ``x @ w`` and ``p`` is read only
       for its gradient. If False the forward adds the exact correction
       ``x[..., idx] @ (p - w[idx])``.
+    indices_sorted: the caller promises sorted ``idx`` (for traced indices, e.g. one layer's slice
+      of a scanned decoder's ``(L, r)`` plan indices); ``None``: checked on concrete indices.
 
   Returns:
     ``(..., out)`` in the promoted dtype of ``x`` and ``w``.
@@ -159,7 +169,7 @@ def partial_matmul(x: jax.Array, w: jax.Array, p: jax.Array, idx, *, merged: boo
     raise ValueError(f"partial_matmul: w must be 2-D (in, out), got shape {w.shape}")
   if x.shape[-1] != w.shape[0]:
     raise ValueError(f"partial_matmul: x has {x.shape[-1]} features but w has {w.shape[0]} rows")
-  sorted_ = _sorted(idx)
+  sorted_ = _sorted(idx) if indices_sorted is None else bool(indices_sorted)
   idx = validate_indices(idx, w.shape[0])
   r = idx.shape[0]
   if p.shape != (r, w.shape[1]):

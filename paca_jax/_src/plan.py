@@ -41,6 +41,7 @@ import numpy as np
 from flax import traverse_util
 
 from paca_jax._src.hf_names import hf_module_name
+from paca_jax._src.layers import per_layer_kernels
 from paca_jax._src.ops import validate_indices
 
 __all__ = [
@@ -217,22 +218,18 @@ def unwrap_params(params):
 def find_kernels(params) -> dict[str, jax.Array]:
   """All ``kernel`` leaves of a Flax params tree with ndim >= 2, keyed by their module path.
 
-  Raises:
-    ValueError: the tree is a scanned decoder's (``layers/...``: every layer's kernels stacked,
-      ``jaxsteer`` ``ModelConfig.scan_layers``); adapters need the per-layer layout.
+  A scanned decoder's stacked kernels (``layers/attn/q_proj``, leading layer axis; ``jaxsteer``
+  ``ModelConfig.scan_layers``) appear once per layer under the unrolled model's paths
+  (``layers_0/attn/q_proj`` ...) as read-only views (``paca_jax._src.layers``), so plans are
+  per-layer and equal for both layouts.
   """
   flat = traverse_util.flatten_dict(unwrap_params(params))
-  if any("layers" in path[:-1] for path in flat):
-    raise ValueError(
-      "PaCA / LoRA adapt per-layer kernels, but these parameters are a scanned decoder's "
-      "(stacked under 'layers/', ModelConfig.scan_layers=True); convert them with "
-      "jaxsteer.models.relayout(lm, scan_layers=False) or unstack_layers(params)"
-    )
-  return {
+  kernels = {
     "/".join(path[:-1]): v
     for path, v in flat.items()
     if path[-1] == "kernel" and hasattr(v, "ndim") and v.ndim >= 2
   }
+  return per_layer_kernels(kernels)
 
 
 def match_targets(paths: Sequence[str], targets) -> list[str]:
@@ -323,7 +320,7 @@ def select(
     shape = tuple(int(s) for s in k.shape)
     if rank > shape[0]:
       raise ValueError(f"rank {rank} is larger than the input width {shape[0]} of module {path!r}")
-    kernel_np = None if selector in ("random", "given") else np.asarray(k, np.float64)
+    kernel_np = None if selector in ("random", "given") else np.asarray(k).astype(np.float64)
     raw = SELECTORS[selector](kernel_np, shape, rank, key, path, indices=indices)
     idx = validate_indices(np.asarray(raw), shape[0], where=f"select({path!r})")
     if idx.shape != (rank,):

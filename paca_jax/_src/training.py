@@ -25,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -81,14 +82,30 @@ PARAM_LOGICAL_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
 )
 
 
+# A scanned decoder's stacked leaves (``layers/attn/q_proj/kernel`` ``(L, in, out)``, the stacked
+# adapters ``layers/.../rows`` ``(L, r, out)``, and the optimizer states mirroring them): their
+# leading layer axis is never sharded (every device runs every layer of the scan), the remaining
+# dimensions follow the per-layer leaf's axes.
+_STACKED = re.compile(r"(^|/)layers/")
+
+
 def logical_axes(name: str, ndim: int) -> tuple[str | None, ...]:
-  """Logical axes of a leaf called ``name`` (or at path ``name``) with ``ndim`` dimensions."""
+  """Logical axes of a leaf called ``name`` (or at path ``name``) with ``ndim`` dimensions; a
+  stacked ``layers/...`` leaf gets an unsharded leading layer axis."""
+  if _STACKED.search(name) and ndim >= 1:
+    return (None, *mesh_rules.logical_axes(name, ndim - 1, PARAM_LOGICAL_AXES))
   return mesh_rules.logical_axes(name, ndim, PARAM_LOGICAL_AXES)
 
 
 def tree_shardings(tree, mesh, rules=DEFAULT_RULES):
   """A ``NamedSharding`` for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
-  return mesh_rules.tree_shardings(tree, mesh, rules, PARAM_LOGICAL_AXES)
+
+  def one(key_path, leaf):
+    shape = tuple(np.shape(leaf))
+    axes = logical_axes(mesh_rules.key_path_str(key_path), len(shape))
+    return NamedSharding(mesh, mesh_rules.logical_spec(axes, shape, mesh, rules))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def batch_sharding(batch, mesh, rules=DEFAULT_RULES):

@@ -1,8 +1,9 @@
 """Decoder layers through ``nn.scan`` (``ModelConfig.scan_layers``) and ``nn.remat``: the scanned
 model equals the unrolled one in logits, every layer's output, steering at every site, capture,
 gradients and KV-cache greedy decoding; the real stories260K checkpoint loads scanned (sharded too)
-and decodes its golden tokens; PaCA / LoRA refuse stacked kernels; ITI and a LLaVA language model
-work scanned. Gemma 2/3 (mixed sliding and global layers) scanned: test_models_archs.py."""
+and decodes its golden tokens; ITI and a LLaVA language model work scanned (PaCA / LoRA on scanned
+layers: tests/paca_jax/test_scan.py). Gemma 2/3 (mixed sliding and global layers) scanned:
+test_models_archs.py."""
 
 import dataclasses
 
@@ -15,7 +16,6 @@ from helpers import count_compiles, tiny_llama_config
 from tolerances import assert_close
 
 import jaxsteer
-import paca_jax
 from jaxsteer.grains import CaptureInterceptor, SteeringVectors, hidden_last
 from jaxsteer.models import (
   from_params,
@@ -172,14 +172,6 @@ def test_stories260k_scanned_decodes_golden_tokens_sharded(stories260k):
   assert w.shape[0] == lm.config.num_layers
   assert tuple(w.sharding.spec)[:3] == (None, "fsdp", "tensor")
   assert lm.generate([1], max_new_tokens=16)[0].tolist() == GOLDEN16
-
-
-def test_paca_and_lora_refuse_stacked_kernels(pair):
-  _, sc = pair
-  with pytest.raises(ValueError, match="scanned decoder"):
-    paca_jax.select(sc.params, r".*_proj", 2, jax.random.key(0))
-  with pytest.raises(ValueError, match="scanned decoder"):
-    paca_jax.lora_plan(sc.params, r".*_proj", 2)
 
 
 def test_iti_fitted_and_applied_on_scanned_equals_unrolled(pair):
