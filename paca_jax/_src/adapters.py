@@ -278,6 +278,9 @@ def intercept(plan: Plan, rows, *, merged: bool = False, strict: bool = True):
     merged: the kernels already hold the rows (after :func:`write_rows`), so the forward is one
       GEMM. With ``merged=False`` the output is exact for any kernel values.
     strict: raise if a planned module was never reached as a Dense call during the block.
+
+  This is the per-layer (unrolled) form; on a scanned decoder use :class:`Paca`'s ``context`` with
+  ``model_params``, which hand each scanned layer its rows.
   """
   return _intercepting(plan.paths, _paca_compute(plan, rows, merged), strict)
 

@@ -23,6 +23,11 @@ It is implemented as trainable rows stored divided by ``s = alpha / r`` (the ori
 ``alpha=None`` or ``alpha == r`` is scale 1, computed on the same code path as before (no
 multiplication at all), so it reproduces the numbers of plans without alpha bit for bit.
 
+On a scanned decoder (``jaxsteer`` ``ModelConfig.scan_layers``: kernels stacked under ``layers/``)
+the plan is the same per-layer plan as on the unrolled model (``find_kernels`` lists every layer's
+kernel under ``layers_i/...``), so the same key selects the same rows, independently per layer;
+the methods stack them (``paca_jax._src.layers``).
+
 A plan is a frozen, hashable dataclass (usable as a ``jax.jit`` static argument) holding, per
 adapted module path, its sorted indices and kernel shape. ``plan.to_json()`` / ``Plan.from_json``
 round-trip it so checkpoints can store and verify it.
