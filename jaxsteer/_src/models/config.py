@@ -60,8 +60,8 @@ class ModelConfig:
       capture and ``return_hidden`` work per layer (the layer index is a scanned value). Layers
       that mix sliding-window and global attention (Gemma 2/3, with Gemma 3's two RoPE bases)
       scan too: the scanned layer index selects its kind's window and RoPE
-      (``modules.layer_kinds``). PaCA / LoRA adapters
-      need the per-layer layout: ``paca_jax`` refuses stacked kernels. Default ``False``, from
+      (``modules.layer_kinds``). ``paca_jax`` (PaCA / LoRA) stacks its adapters along the
+      layer axis (per-layer plans, as unrolled). Default ``False``, from
       the evidence: at 2-8 layers of a small model (``benchmarks/results/scan_layers_cpu.json``,
       load 24-30 on 2 cores) scanning gained no compile time (forward 8.8-14.9 s scanned vs
       6.6-15.3 s unrolled, gradient 32-78 s vs 22-44 s) and steps were no faster (0.16-2.6 s vs
