@@ -183,6 +183,8 @@ def run(
     selection[name] = {
       "validation_loss": {f"{g:g}": v if np.isfinite(v) else None for g, v in grid.items()},
       "chosen_lr": lr,
+      # A rate at the end of the grid may not be the best one: the grid would need extending.
+      "at_grid_edge": bool(lr in (min(cfg.lrs), max(cfg.lrs)) and len(cfg.lrs) > 1),
       "seed": first,
     }
     for seed in cfg.seeds:  # fine-tuning seeds: data order, adapter init, PaCA's row choice
@@ -245,7 +247,10 @@ def run(
     "selection": "each method's learning rate chosen from "
     f"{', '.join(f'{g:g}' for g in cfg.lrs)} on validation windows (80-90% of the fine-tuning "
     f"half; seed {first}), chosen: "
-    + ", ".join(f"{n} {v['chosen_lr']:g}" for n, v in selection.items())
+    + ", ".join(
+      f"{n} {v['chosen_lr']:g}" + (" (edge of the grid)" if v["at_grid_edge"] else "")
+      for n, v in selection.items()
+    )
     + "; every reported loss on disjoint test windows (last 10%); pre-training lr fixed 3e-3",
     "config": dataclasses.asdict(cfg),
   }

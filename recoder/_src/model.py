@@ -25,6 +25,7 @@ import numpy as np
 from recoder._src.recode import (
   RecodingConfig,
   _check_step_size,
+  _finite,
   apply_step,
   get_signal,
   node_gradient,
@@ -125,6 +126,12 @@ class LSTMLM(nn.Module):
     out = jnp.einsum("...h,khv->k...v", h, self.dec_w)
     return out + self.dec_b.reshape((self.cfg.num_members,) + (1,) * (h.ndim - 1) + (-1,))
 
+  def decoder_rows(self):
+    """The (V, H) matrix whose row ``w`` is d logits[w] / d h (the member mean for an ensemble)."""
+    if self.cfg.tie_weights:
+      return self.embedding
+    return jnp.mean(self.dec_w, axis=0).T
+
   def decode(self, h):
     """Output logits (mean of member logits for an ensemble), (..., V)."""
     if self.cfg.num_members == 1:
@@ -172,6 +179,29 @@ def check_token_ids(ids, vocab_size: int, what: str = "token ids") -> None:
     )
 
 
+def _surprisal_closed_form(logits, rows, gold, target: str):
+  """Surprisal ``-log p(target)``, the NLL of ``gold``, and d surprisal / d h in closed form.
+
+  With ``logits = h @ rows.T + b``: d(-log p_t)/d h = ``rows.T @ (softmax - onehot(t))``
+  = ``(e @ rows) / sum(e) - rows[t]`` with ``e = exp(logits - max)`` (the exponentials of the
+  log-sum-exp, reused; one (B, V) x (V, H) matmul; no one-hot or second softmax). Returns
+  ``(delta, nll, grad_h, logp)`` with ``logp`` the (B, V) log-probabilities.
+  """
+  shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+  e = jnp.exp(shifted)
+  s = jnp.sum(e, axis=-1, keepdims=True)
+  log_s = jnp.log(s)
+  gold = gold.astype(jnp.int32)
+  nll = -(jnp.take_along_axis(shifted, gold[:, None], axis=-1) - log_s)[:, 0]
+  if target == "argmax":
+    t = jnp.argmax(jax.lax.stop_gradient(logits), axis=-1).astype(jnp.int32)
+    delta = -(jnp.take_along_axis(shifted, t[:, None], axis=-1) - log_s)[:, 0]
+  else:
+    t, delta = gold, nll
+  grad_h = (e @ rows) / s - jnp.take(rows, t, axis=0)
+  return delta, nll, grad_h, shifted - log_s
+
+
 def _dropout_mask(key, rate, shape, dtype):
   keep = 1.0 - rate
   return jax.random.bernoulli(key, keep, shape).astype(dtype) / keep
@@ -190,6 +220,7 @@ def lm_forward(
   key=None,
   train: bool = False,
   return_logprobs: bool = False,
+  closed_form: bool = True,
 ) -> ForwardOut:
   """Runs the LM over ``inputs`` (B, T) with one ``lax.scan`` over time (all layers inside).
 
@@ -209,6 +240,10 @@ def lm_forward(
     key: PRNG key for dropout and MC samples (required when ``train`` or for MC signals).
     train: apply dropout.
     return_logprobs: also return the (B, T, V) log-probabilities (for tests and plots).
+    closed_form: for the surprisal signal (first order), take d surprisal / d h_top in closed
+      form, ``W^T (softmax - onehot)``, reusing the forward pass's exponentials and one matmul
+      with the decoder, and back-propagate only through the LSTM cells; ``False`` differentiates
+      the whole error with ``jax.grad`` (same numbers up to rounding; slower).
   """
   cfg: LMConfig = model.cfg
   recoding = RecodingConfig() if recoding is None else recoding
@@ -280,6 +315,31 @@ def lm_forward(
 
   signal = get_signal(recoding.signal)
   redecode = recoding.does_redecode
+  if closed_form and recoding.signal == "surprisal" and not recoding.second_order:
+    rows = model.apply(v, method=LSTMLM.decoder_rows)  # (V, H), hoisted out of the time loop
+
+    def step_closed(carry, xs):
+      x, y, mid_mask, out_mask, _ = xs
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, carry)
+
+      def top(eps):
+        nodes = layers(x, carry["h"], carry["c"], mid_mask, eps)
+        return nodes["h"][-1] * out_mask, nodes
+
+      h_top, vjp_fn, nodes = jax.vjp(top, zeros, has_aux=True)
+      logits = decode(h_top)
+      delta, nll, g_top, logp = _surprisal_closed_form(logits, rows, y, recoding.target)
+      (grad,) = vjp_fn(g_top)
+      grad = jax.lax.stop_gradient(jax.tree_util.tree_map(_finite, grad))
+      eta = step_sizes(recoding, step_params, step_size, nodes)
+      new = apply_step(nodes, grad, eta)
+      return new, (nll, delta, logp if return_logprobs else None)
+
+    state, (nll, delta, logp) = jax.lax.scan(
+      step_closed, state, (emb, targets.T, mid_masks, out_masks, mc_keys)
+    )
+    logp = jnp.swapaxes(logp, 0, 1) if return_logprobs else None
+    return ForwardOut(nll.T, state, logp, delta.T)
 
   def step(carry, xs):
     x, y, mid_mask, out_mask, k = xs
