@@ -187,3 +187,57 @@ def test_bad_configs_raise():
     recoder.LMConfig(vocab_size=5, embed_dim=3, hidden_dim=4, tie_weights=True)
   with pytest.raises(ValueError, match="dropout"):
     recoder.LMConfig(vocab_size=5, dropout=1.0)
+
+
+@pytest.mark.parametrize(
+  "members,tied,target,train,step_type",
+  [
+    (1, False, "gold", False, "fixed"),
+    (1, True, "argmax", True, "fixed"),
+    (3, False, "gold", True, "fixed"),
+    (1, False, "gold", False, "mlp"),
+  ],
+)
+def test_closed_form_surprisal_step_equals_jax_grad_float64(
+  members, tied, target, train, step_type
+):
+  # The default surprisal step takes d surprisal / d h_top as W^T (softmax - onehot) and
+  # back-propagates it through the LSTM cells only; closed_form=False differentiates the whole
+  # error with jax.grad. Same recoded states, NLL, error and log-probabilities at every step.
+  with jax.enable_x64(True):
+    cfg = recoder.LMConfig(
+      vocab_size=V, embed_dim=H, hidden_dim=H, num_layers=L, dropout=0.3,
+      num_members=members, tie_weights=tied,
+    )  # fmt: skip
+    model = recoder.LSTMLM(cfg)
+    params = recoder.init_params(model, jax.random.key(0))
+    params = jax.tree_util.tree_map(lambda p: 4.0 * p.astype(jnp.float64), params)
+    rc = _rc("surprisal", target=target, step_type=step_type)
+    step_params = recoder.init_step_params(jax.random.key(3), rc, L, H, jnp.float64)
+    x, y = _tokens(7)
+    state = jax.tree_util.tree_map(
+      lambda a: a.astype(jnp.float64), recoder.zero_state(cfg, B)
+    )  # fmt: skip
+    outs = [
+      recoder.lm_forward(
+        model,
+        params,
+        x,
+        y,
+        state,
+        recoding=rc,
+        step_size=0.7,
+        step_params=step_params,
+        key=jax.random.key(2),
+        train=train,
+        return_logprobs=True,
+        closed_form=cf,
+      )  # fmt: skip
+      for cf in (True, False)
+    ]
+    base = recoder.lm_forward(model, params, x, y, state, return_logprobs=True)
+    assert outs[0].state["h"].dtype == jnp.float64
+    # Recoding moved the states (the comparison below is not between two unrecoded runs).
+    assert not np.allclose(outs[1].state["h"], base.state["h"], atol=1e-3)
+    for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(outs[1])):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
