@@ -149,7 +149,12 @@ def make_train_step(model, rc: RecodingConfig, tc: TrainConfig, n_train: int):
   return tx, jax.jit(train_step, donate_argnums=(0, 1, 3))
 
 
-def make_eval_step(model, rc: RecodingConfig):
+def make_eval_step(model, rc: RecodingConfig, *, closed_form: bool = True):
+  """Jitted ``(params, hidden, x, y, key, step_size) -> (nll (B, T), state)``.
+
+  ``closed_form=False`` takes the surprisal gradient with ``jax.grad`` (for comparison).
+  """
+
   def eval_step(params, hidden, x, y, key, step_size):
     out = lm_forward(
       model,
@@ -162,6 +167,7 @@ def make_eval_step(model, rc: RecodingConfig):
       step_params=params["step"],
       key=key,
       train=False,
+      closed_form=closed_form,
     )
     return out.nll, out.state
 
