@@ -6,14 +6,13 @@ Command::
   python -m experiments.paca.run --out runs/paca             # full, about 15 minutes
 
 Expected headline: the verdicts in ``experiments/results/quick/REPORT.md`` (quick: 60
-pre-training and 40 fine-tuning steps, learning rate per method chosen from 1e-3/3e-3/1e-2/3e-2
+pre-training and 40 fine-tuning steps, learning rate per method chosen from 3e-3/1e-2/3e-2/1e-1
 on 32 validation sequences, 2 fine-tuning seeds, 32 test sequences; full: 600/300 steps, 6 rates
-from 3e-4 to 1e-1, 3 seeds). The grids reach above the rate every method chose in the earlier
-quick run (1e-2, then the top of a 1e-3..1e-2 grid), so that a chosen rate at the top of a grid
-shows in the results (``lr_chosen`` per method) rather than being hidden. Runtime: 25 trainings
-of 40 steps (5 methods x 4 rates, then 5 at the second seed); about 40-50 minutes on the shared,
-loaded 2-core machine; a quiet machine is faster (not measured).
-Step-time ratios come from a shared machine.
+from 3e-4 to 1e-1, 3 seeds). The quick grid moved up twice because every adapter method chose
+its top rate: 1e-2 from 1e-3..1e-2, then 3e-2 from 1e-3..3e-2 (full fine-tuning chose 1e-2,
+inside); a chosen rate at either end of a grid is marked in the results (``at_grid_edge``).
+Runtime: 25 trainings of 40 steps (5 methods x 4 rates, then 5 at the second seed); 24 minutes
+at load average 11-17 on the shared 2-core machine (niced); a quiet machine is faster.
 """
 
 from __future__ import annotations
