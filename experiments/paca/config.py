@@ -13,6 +13,7 @@ its top rate: 1e-2 from 1e-3..1e-2, then 3e-2 from 1e-3..3e-2 (full fine-tuning 
 inside); a chosen rate at either end of a grid is marked in the results (``at_grid_edge``).
 Runtime: 25 trainings of 40 steps (5 methods x 4 rates, then 5 at the second seed); 24 minutes
 at load average 11-17 on the shared 2-core machine (niced); a quiet machine is faster.
+Step-time ratios come from a shared machine.
 """
 
 from __future__ import annotations

@@ -190,16 +190,17 @@ def test_bad_configs_raise():
 
 
 @pytest.mark.parametrize(
-  "members,tied,target,train,step_type",
+  "members,tied,target,train,step_type,batch",
   [
-    (1, False, "gold", False, "fixed"),
-    (1, True, "argmax", True, "fixed"),
-    (3, False, "gold", True, "fixed"),
-    (1, False, "gold", False, "mlp"),
+    (1, False, "gold", False, "fixed", B),
+    (1, True, "argmax", True, "fixed", B),
+    (3, False, "gold", True, "fixed", B),
+    (1, False, "gold", False, "mlp", B),
+    (1, True, "gold", False, "fixed", 64),  # from 64 streams: the (H, V) copy of the decoder
   ],
 )
 def test_closed_form_surprisal_step_equals_jax_grad_float64(
-  members, tied, target, train, step_type
+  members, tied, target, train, step_type, batch
 ):
   # The default surprisal step takes d surprisal / d h_top as W^T (softmax - onehot) and
   # back-propagates it through the LSTM cells only; closed_form=False differentiates the whole
@@ -214,9 +215,10 @@ def test_closed_form_surprisal_step_equals_jax_grad_float64(
     params = jax.tree_util.tree_map(lambda p: 4.0 * p.astype(jnp.float64), params)
     rc = _rc("surprisal", target=target, step_type=step_type)
     step_params = recoder.init_step_params(jax.random.key(3), rc, L, H, jnp.float64)
-    x, y = _tokens(7)
+    toks = np.asarray(jax.random.randint(jax.random.key(7), (batch, T + 1), 0, V), np.int32)
+    x, y = toks[:, :-1], toks[:, 1:]
     state = jax.tree_util.tree_map(
-      lambda a: a.astype(jnp.float64), recoder.zero_state(cfg, B)
+      lambda a: a.astype(jnp.float64), recoder.zero_state(cfg, batch)
     )  # fmt: skip
     outs = [
       recoder.lm_forward(
