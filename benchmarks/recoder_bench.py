@@ -12,7 +12,8 @@ depends on neither) at batch 1, 10 and 64, for:
 Each variant is compiled, then timed ``--repeats`` times over ``--windows`` windows, interleaved
 (so a change in load hits all variants). A ratio is per repeat (``us_per_token`` of the variant
 over that of the baseline in the same repeat); the JSON gives the median ratio with a percentile
-bootstrap interval over repeats, and the 1/5/15-minute load average before and after each batch.
+bootstrap interval over repeats, and the 1/5/15-minute load average before and after each batch;
+``cpu_ratios`` are the same from the process's CPU time (indicative on a loaded machine).
 ``--train`` also times one training step (batch ``--train-batch``).
 
 Usage::
@@ -68,7 +69,6 @@ def cost_at_batch(model, params, batch, *, bptt, windows, repeats, step_size=0.1
   import jax
   import numpy as np
 
-  from experiments import stats
   from recoder._src import evaluate as evaluate_lib
 
   ids = np.random.default_rng(seed).integers(0, model.cfg.vocab_size, batch * bptt * windows + 1)
@@ -81,12 +81,34 @@ def cost_at_batch(model, params, batch, *, bptt, windows, repeats, step_size=0.1
     evaluate_lib.window_nll(fn, model, params, ids, step_size=eta, **kw)
     compile_s[name] = time.perf_counter() - t0
   us = {name: [] for name in steps}
+  cpu_us = {name: [] for name in steps}
   for _ in range(repeats):
     for name, (fn, eta) in steps.items():
-      t0 = time.perf_counter()
+      t0, c0 = time.perf_counter(), time.process_time()
       _, tok = evaluate_lib.window_nll(fn, model, params, ids, step_size=eta, **kw)
       us[name].append(1e6 * (time.perf_counter() - t0) / tok.sum())
-  ratios = {}
+      cpu_us[name].append(1e6 * (time.process_time() - c0) / tok.sum())
+  return {
+    "tokens": batch * bptt * windows,
+    "first_pass_s": compile_s,
+    "us_per_token": us,
+    "median_us_per_token": {k: float(np.median(v)) for k, v in us.items()},
+    "ratios": _ratios(us),
+    # CPU seconds of this process: less sensitive than wall time to other processes on a loaded
+    # machine when XLA runs single-threaded (--threads 1); the wall-time ratios are the measure.
+    "cpu_us_per_token": cpu_us,
+    "cpu_ratios": _ratios(cpu_us),
+    "load_avg_1_5_15": {"before": list(load0), "after": list(os.getloadavg())},
+  }
+
+
+def _ratios(us: dict) -> dict:
+  """Median over repeats of variant / baseline (same repeat), percentile bootstrap interval."""
+  import numpy as np
+
+  from experiments import stats
+
+  out = {}
   for var in ("surprisal", "surprisal_autodiff"):
     for base, label in BASELINES.items():
       r = np.asarray(us[var]) / np.asarray(us[base])
@@ -95,18 +117,11 @@ def cost_at_batch(model, params, batch, *, bptt, windows, repeats, step_size=0.1
         if len(r) > 1
         else stats.exact(float(r[0]))
       )
-      ratios[f"{var} / {base}"] = {
+      out[f"{var} / {base}"] = {
         "baseline": label, **est.as_dict(), "statistic": "median over repeats",
         "per_repeat": r.tolist(),
       }  # fmt: skip
-  return {
-    "tokens": batch * bptt * windows,
-    "first_pass_s": compile_s,
-    "us_per_token": us,
-    "median_us_per_token": {k: float(np.median(v)) for k, v in us.items()},
-    "ratios": ratios,
-    "load_avg_1_5_15": {"before": list(load0), "after": list(os.getloadavg())},
-  }
+  return out
 
 
 def _bench_train(model, cfg, a, name):
