@@ -247,7 +247,8 @@ def merge(
         continue  # a run that skipped a study yields to a run that has it (added below if none)
       if name in found:
         raise ValueError(f"study {name} is in more than one run")
-      found[name] = (d, {**st, "git_commit": r["environment"]["git_commit"]})
+      # A study of an already merged run keeps its own commit.
+      found[name] = (d, {**st, "git_commit": st.get("git_commit", r["environment"]["git_commit"])})
   for d, r in zip(full_runs, runs):
     for name, st in r["studies"].items():
       if st.get("status") == "skipped" and name not in found:

@@ -312,6 +312,23 @@ def test_merge_takes_a_study_from_the_run_that_ran_it(tmp_path):
     reproduce.merge([b, c], tmp_path / "m2")
 
 
+def test_merge_of_a_merged_run_keeps_each_study_commit(tmp_path):
+  """Republishing one study into a merged run leaves the other studies' commits as they were."""
+  a = _run_dir(tmp_path / "a", ["grains"], commit="aaa1111")
+  b = _run_dir(tmp_path / "b", ["recoder"], commit="bbb2222")
+  reproduce.merge([a, b], tmp_path / "m")
+  data = json.loads((tmp_path / "m" / "results.json").read_text())
+  kept = {k: v for k, v in data["studies"]["recoder"].items() if k in ("paper", "claim", "mode")}
+  data["studies"]["recoder"] = {**kept, "status": "skipped", "reason": "rerun below"}
+  (tmp_path / "m" / "results.json").write_text(json.dumps(data))
+  c = _run_dir(tmp_path / "c", ["recoder"], commit="ccc3333")
+  merged = reproduce.merge([tmp_path / "m", c], tmp_path / "m2")
+  assert merged["studies"]["grains"]["git_commit"] == "aaa1111"
+  assert merged["studies"]["recoder"]["git_commit"] == "ccc3333"
+  assert "aaa1111 (grains)" in merged["environment"]["git_commit"]
+  assert "ccc3333 (recoder)" in merged["environment"]["git_commit"]
+
+
 def test_merge_refuses_overlapping_or_dirty_runs(tmp_path, capsys):
   a = _run_dir(tmp_path / "a", ["grains"])
   b = _run_dir(tmp_path / "b", ["grains"])
