@@ -327,24 +327,21 @@ def bench_arch(
 
 
 def set_threads(threads: int) -> None:
-  """Both frameworks on ``threads`` CPU threads (call before JAX initialises its backend).
+  """Both frameworks on ``threads`` CPU threads (call before JAX initialises its backend):
+  ``experiments.reproduce.set_threads`` (one thread pins the process, bounds included, to one
+  core), and PyTorch's own pool.
 
   On a shared, loaded machine multi-threaded PyTorch spin-waits badly, so the default is 1 thread
-  for both; ``0`` leaves each framework's default. ``--xla_cpu_multi_thread_eigen=false`` alone
-  does not make XLA single-threaded (its runtime still splits work over the intra-op pool: a
-  1024^3 matmul measured 285 GFLOP/s with it, 151 pinned to one core), so 1 thread also pins the
-  process (bounds included) to one CPU core.
+  for both; ``0`` leaves each framework's default.
   """
   if threads <= 0:
     return
   import torch
 
+  from experiments.reproduce import set_threads as pin
+
+  pin(threads)
   torch.set_num_threads(threads)
-  if threads == 1:
-    if hasattr(os, "sched_setaffinity"):
-      os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    flags = os.environ.get("XLA_FLAGS", "")
-    os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
 
 
 def run(

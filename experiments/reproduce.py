@@ -61,10 +61,14 @@ def set_threads(threads: int) -> None:
   With one thread, XLA's CPU reductions run in a fixed order, so a quick run gives the same
   numbers on repeated runs of one machine; across CPUs with other vector units (AVX2 vs AVX-512)
   XLA may still generate different code, which is why every headline carries an interval over
-  seeds and items.
+  seeds and items. ``--xla_cpu_multi_thread_eigen=false`` alone does not keep XLA on one thread
+  (its runtime still splits work over the intra-op pool: a 1024^3 matmul ran at 285 GFLOP/s with
+  the flag, 151 pinned), so one thread also pins the process to one CPU core.
   """
   if threads <= 0:
     return
+  if threads == 1 and hasattr(os, "sched_setaffinity"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   flags = os.environ.get("XLA_FLAGS", "")
   if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
     os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
