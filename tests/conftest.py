@@ -38,3 +38,17 @@ def stories260k(data_dir):
   if not (ckpt.is_file() and tok.is_file()):
     pytest.skip(f"stories260K checkpoint not found under {data_dir}")
   return ckpt, tok
+
+
+@pytest.fixture(autouse=True)
+def _keep_cpu_affinity():
+  """A CLI run in-process with ``--threads 1`` pins its process to one core
+  (``experiments.reproduce.set_threads``); here that process is the test worker, so the
+  affinity is put back after each test (no test may leave a worker on one core)."""
+  if not hasattr(os, "sched_getaffinity"):
+    yield
+    return
+  cpus = os.sched_getaffinity(0)
+  yield
+  if os.sched_getaffinity(0) != cpus:
+    os.sched_setaffinity(0, cpus)
