@@ -25,11 +25,14 @@ Steady-state times are the minimum over ``--repeats`` calls (the least disturbed
   indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
   before quoting a number.
 
-Published runs: ``benchmarks/results/bench_models_llama_small.json`` (Llama, small shape, quiet,
-before the decode changes below: decode 0.65 of its bound, prefill 0.69). Since then greedy
-decoding no longer sorts the vocabulary and draws random numbers every step (a ``lax.cond`` on the
-temperature; this was the largest non-matmul cost of a decode step) and the KV cache is kept in
-the layouts the attention dots read (no whole-cache transposes per step); not yet measured quiet.
+Published runs (Llama, small shape, one pinned core, quiet machine, load average < 1.1):
+``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.84 of the FLOP
+bound, 0.99x transformers; decode 0.53 of the working-set read bound, 1.81x transformers) and
+``bench_models_llama_small_prompt256.json`` (prefill 0.76, 0.87x transformers). Greedy decoding
+skips the vocabulary sort and random draws of sampling (``lax.cond`` on the temperature) and the
+KV cache is kept in the layouts the attention dots read. The remaining decode gap is XLA's CPU
+matmul at 4 rows: it reads the weights at 9-11 GB/s where a 1-row matmul or a streaming read
+reaches 24-29 GB/s on this core. Runs before December 2026 let XLA use both cores.
 
 Usage::
 
