@@ -145,15 +145,8 @@ def response_logprob(logits, ids, response_mask, reduce: str = "sum"):
     response_mask: (B, T), 1 at response tokens (never at position 0).
     reduce: ``sum`` or ``mean`` (per response token).
   """
-  lp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  tok = jnp.take_along_axis(lp, ids[:, 1:, None], axis=-1)[..., 0]
   m = response_mask[:, 1:].astype(jnp.float32)
-  s = jnp.sum(jnp.where(m != 0, tok * m, 0.0), axis=-1)
-  if reduce == "sum":
-    return s
-  if reduce == "mean":
-    return s / jnp.maximum(jnp.sum(m, axis=-1), 1.0)
-  raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+  return selected_logprob(logits[:, :-1], ids[:, 1:], m, reduce)
 
 
 def split_response(tokenizer, prompt, response, separator=" "):
