@@ -69,7 +69,7 @@ class Config:
   @classmethod
   def quick(cls) -> Config:
     return cls(
-      pretrain_steps=60, finetune_steps=40, k=4, seeds=(0, 1), lrs=(1e-3, 3e-3, 1e-2, 3e-2)
+      pretrain_steps=60, finetune_steps=40, k=4, seeds=(0, 1), lrs=(3e-3, 1e-2, 3e-2, 1e-1)
     )
 
   @classmethod
