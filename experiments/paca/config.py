@@ -2,20 +2,18 @@
 
 Command::
 
-  python -m experiments.reproduce --quick --only paca        # about 5-8 minutes on 2 CPU cores
+  python -m experiments.reproduce --quick --only paca        # about 2 minutes on 2 CPU cores (quiet)
   python -m experiments.paca.run --out runs/paca             # full, about 15 minutes
 
 Expected headline: the verdicts in ``experiments/results/quick/REPORT.md`` (quick: 60
-pre-training and 40 fine-tuning steps, learning rate per method chosen from 1e-3/3e-3/1e-2/3e-2
+pre-training and 40 fine-tuning steps, learning rate per method chosen from 3e-3/1e-2/3e-2/1e-1
 on 32 validation sequences, 2 fine-tuning seeds, 32 test sequences; full: 600/300 steps, 6 rates
 from 3e-4 to 1e-1, 3 seeds). A chosen rate at either end of a grid is marked in the results
-(``at_grid_edge``). With the quick grid 1e-3..1e-2 every method chose 1e-2; with 1e-3..3e-2 (the
-published run) LoRA and the three PaCA variants chose 3e-2, the top again, and full fine-tuning
-1e-2 (inside): the adapters' best quick rate may lie above 3e-2. A rerun with 3e-3..1e-1 did not
-finish in the session (compiles at load average 13-15 took most of it).
-Runtime: 25 trainings of 40 steps (5 methods x 4 rates, then 5 at the second seed); 24 minutes
-at load average 11-17 on the shared 2-core machine (niced); a quiet machine is faster.
-Step-time ratios come from a shared machine.
+(``at_grid_edge``). With the quick grids 1e-3..1e-2 and 1e-3..3e-2 the adapters chose the top
+rate; with 3e-3..1e-1 (the published run) LoRA and the three PaCA variants choose 3e-2 and full
+fine-tuning 1e-2, all inside the grid.
+Runtime: 25 trainings of 40 steps (5 methods x 4 rates, then 5 at the second seed); 114 s on one
+pinned core of the quiet 2-core machine (24 minutes at load average 11-17, compile-bound).
 """
 
 from __future__ import annotations
