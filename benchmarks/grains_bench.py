@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -188,7 +189,7 @@ def bench_ig(
   import torch
   from captum.attr import LayerIntegratedGradients
 
-  from jaxsteer import attribution
+  from jaxsteer import attribution, compile_options
 
   rng = np.random.default_rng(0)
   ids = rng.integers(3, lm.config.vocab_size, size=(1, seq_len)).astype(np.int32)
@@ -203,12 +204,18 @@ def bench_ig(
   peak = matmul_peak_flops()
   compiles = _count_compiles()
 
-  def jax_program(n):
-    def f(e):
-      return jnp.sum(attribution.sequence_logprob(lm, e, j_ids, mask, j_resp, n_resp=n))
+  # Token ids, mask and response mask are arguments of the program, as in the library's own
+  # (attribution.contrastive_ig_chunk): closed over as constants, they would let XLA fold the
+  # response positions into static slices, which no real fit can rely on.
+  args = (x, base, j_ids, mask, j_resp)
 
-    @jax.jit
-    def jax_ig(x, base):
+  def jax_program(n):
+    # the options the library's own IG program (attribution.contrastive_ig_chunk) compiles with
+    @functools.partial(jax.jit, compiler_options=compile_options.options("ig") or None)
+    def jax_ig(x, base, ids, mask, resp):
+      def f(e):
+        return jnp.sum(attribution.sequence_logprob(lm, e, ids, mask, resp, n_resp=n))
+
       attr, delta = attribution.integrated_gradients(f, x, base, steps=steps)
       return jnp.sum(attr, -1), delta
 
@@ -248,6 +255,7 @@ def bench_ig(
     "response_len": response_len,
     "steps": steps,
     "quadrature": "gauss_legendre",
+    "xla_compiler_options": compile_options.options("ig"),
     "rows_per_attribution": steps * seq_len,
     "matmul_peak_flops_per_s": peak,
     "matmul_peak_shape": "512 x 512 @ 512 x 512, float32, one thread (jitted, fastest of 20)",
@@ -259,18 +267,18 @@ def bench_ig(
   ):
     jax_ig = jax_program(n)
     c0, t0 = compiles[0], time.perf_counter()
-    jax.block_until_ready(jax_ig(x, base))
+    jax.block_until_ready(jax_ig(*args))
     j_first = time.perf_counter() - t0
     first_compiles = compiles[0] - c0
-    compiled = jax_ig.lower(x, base).compile()
+    compiled = jax_ig.lower(*args).compile()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", np.nan))
     hlo = compiled.as_text()
     c1 = compiles[0]
-    j_wall, j_cpu, j_med = _min_times(lambda g=jax_ig: jax.block_until_ready(g(x, base)), repeats)
+    j_wall, j_cpu, j_med = _min_times(lambda g=jax_ig: jax.block_until_ready(g(*args)), repeats)
     warm_compiles = compiles[0] - c1
-    j_scores, j_delta = (np.asarray(a) for a in jax_ig(x, base))
+    j_scores, j_delta = (np.asarray(a) for a in jax_ig(*args))
     run = captum_ig(fwd)
     t0 = time.perf_counter()
     run()

@@ -358,6 +358,8 @@ def run(
   import jax
   import torch
 
+  from jaxsteer import compile_options
+
   name = "tiny" if quick else "small"
   kw = SHAPES[name]
   repeats = repeats or (3 if quick else 5)
@@ -385,6 +387,8 @@ def run(
       "torch_threads": torch.get_num_threads(),
       "jax_single_threaded": threads == 1,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # per-program options the library's jitted programs compile with (jaxsteer.compile_options)
+      "xla_compiler_options": {k: compile_options.options(k) for k in compile_options.PROGRAMS},
     },
     "results": results,
   }

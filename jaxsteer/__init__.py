@@ -14,6 +14,7 @@ except _metadata.PackageNotFoundError:  # a checkout used without `pip install`
   __version__ = "0+unknown"
 
 from jaxsteer import attribution as attribution
+from jaxsteer import compile_options as compile_options
 from jaxsteer import evals as evals
 from jaxsteer import grains as grains
 from jaxsteer import iti as iti
@@ -26,6 +27,7 @@ __all__ = [
   "__version__",
   "LanguageModel",
   "attribution",
+  "compile_options",
   "evals",
   "grains",
   "iti",

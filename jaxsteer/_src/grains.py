@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -52,6 +51,7 @@ from jaxsteer._src.attribution import (
   input_embeddings,
   pow2_width,
 )
+from jaxsteer._src.compile_options import jit
 from jaxsteer._src.distributed import to_host
 from jaxsteer._src.fileio import atomic_path
 from jaxsteer._src.models.lm import apply_intercepted
@@ -377,7 +377,7 @@ def _sown_residuals(tree) -> dict:
   return out
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "layers"))
+@functools.partial(jit, kind="forward", static_argnames=("module", "factory", "layers"))
 def capture_last(module, factory, params, args, embeds, mask, last, layers):
   """Residual stream (B, len(layers), D) after each layer in ``layers`` at position ``last``."""
   with nn.intercept_methods(CaptureInterceptor(layers)()):

@@ -298,3 +298,31 @@ def test_gemma_scanned_layers_match_transformers_and_unrolled(case):
   want = sa.generate_ids(prompt, mask, max_new_tokens=8, stop_at_eos=False)
   got = sb.generate_ids(prompt, mask, max_new_tokens=8, stop_at_eos=False)
   np.testing.assert_array_equal(got, want)
+
+
+def test_last_layer_positions_match_transformers(case):
+  """``last_layer_positions``: the last layer at a few positions only (what IG's objective reads)
+  gives transformers' logits there, for every architecture (windows, soft-caps, sandwich norms,
+  q/k norms, LongRoPE), with positions unsorted and different per row."""
+  name, model, d = case
+  lm = jaxsteer.load(str(d))
+  rng = np.random.default_rng(1)
+  ids = rng.integers(0, V, size=(2, 12))
+  sel = np.array([[11, 3, 7, 0], [5, 11, 2, 9]], np.int32)
+  logits, hidden = lm.module.apply(
+    {"params": lm.params},
+    jnp.asarray(ids, jnp.int32),
+    return_hidden=True,
+    last_layer_positions=jnp.asarray(sel),
+  )
+  assert logits.shape == (2, 4, V) and hidden[-1].shape == (2, 4, 32)
+  want = np.take_along_axis(_ref(model, ids), sel[..., None], axis=1)
+  assert_close(logits, want, atol=PARITY_ATOL_F32)
+  with pytest.raises(ValueError, match="unrolled layers"):
+    lm.module.apply(
+      {"params": lm.params},
+      jnp.asarray(ids, jnp.int32),
+      decode=True,
+      positions=jnp.zeros((2, 12), jnp.int32),
+      last_layer_positions=jnp.asarray(sel),
+    )

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsteer._src.compile_options import jit
 from jaxsteer._src.models.modules import CausalLM, default_positions
 
 InterceptFactory = Callable[[Any], Callable]
@@ -43,7 +44,7 @@ def apply_intercepted(module, factory, params, args, *a, **kw):
 _apply = apply_intercepted  # the former private name, still used inside this module
 
 
-@functools.partial(jax.jit, static_argnames=("module", "factory", "return_hidden"))
+@functools.partial(jit, kind="forward", static_argnames=("module", "factory", "return_hidden"))
 def _forward(module, factory, params, args, input_ids, attention_mask, return_hidden=False):
   return _apply(
     module,
@@ -230,10 +231,13 @@ def _decode_impl(
 
 
 _STATIC = ("module", "factory", "budget", "stop_at_eos")
-_prefill = jax.jit(_prefill_impl, static_argnames=_STATIC)
+_prefill = jit(_prefill_impl, kind="forward", static_argnames=_STATIC)
 # The state (the KV cache above all) is donated: the loop updates it in place.
-_decode = jax.jit(
-  _decode_impl, static_argnames=("module", "factory", "stop_at_eos"), donate_argnames=("state",)
+_decode = jit(
+  _decode_impl,
+  kind="decode",
+  static_argnames=("module", "factory", "stop_at_eos"),
+  donate_argnames=("state",),
 )
 
 

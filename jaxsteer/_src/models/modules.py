@@ -187,6 +187,12 @@ def attention_mask(q_pos, k_pos, kv_mask, sliding_window=None):
   return allowed[:, None]
 
 
+def take_positions(a, index):
+  """``a`` (B, T, ...) at the positions ``index`` (B, n) of each row: (B, n, ...)."""
+  index = index.reshape(index.shape + (1,) * (a.ndim - 2))
+  return jnp.take_along_axis(a, index.astype(jnp.int32), axis=1)
+
+
 def attend(q, k, vt, allowed, scale: float, softcap: float | None = None):
   """Grouped-query attention: ``softmax(mask(cap(q k^T * scale))) v``, as JAX's XLA
   ``dot_product_attention`` computes it (scores and softmax in float32, masked scores set to a
@@ -228,16 +234,23 @@ class Attention(nn.Module):
   layer_idx: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, slots, kv_mask, decode: bool = False, layer=None):
+  def __call__(
+    self, x, positions, slots, kv_mask, decode: bool = False, layer=None, query_index=None
+  ):
     cfg = self.config
     # the traced layer index under nn.scan (its window and RoPE), else the static one
     li = self.layer_idx if layer is None else layer
     b, t, _ = x.shape
     h, kvh, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = _dense(h * dh, cfg.attention_bias, self.dtype, self.param_dtype, "q_proj")(x)
+    # query_index (B, n): queries (and outputs) at these positions only; keys and values at all.
+    xq, q_pos, q_slots = x, positions, slots
+    if query_index is not None:
+      xq, q_pos, q_slots = (take_positions(a, query_index) for a in (x, positions, slots))
+    tq = xq.shape[1]
+    q = _dense(h * dh, cfg.attention_bias, self.dtype, self.param_dtype, "q_proj")(xq)
     k = _dense(kvh * dh, cfg.attention_bias, self.dtype, self.param_dtype, "k_proj")(x)
     v = _dense(kvh * dh, cfg.attention_bias, self.dtype, self.param_dtype, "v_proj")(x)
-    q = q.reshape(b, t, h, dh)
+    q = q.reshape(b, tq, h, dh)
     k = k.reshape(b, t, kvh, dh)
     v = v.reshape(b, t, kvh, dh)
     if cfg.qk_norm:
@@ -246,7 +259,7 @@ class Attention(nn.Module):
       k = RMSNorm(cfg.norm_eps, name="k_norm", **kw)(k)
     if not cfg.is_gpt2:
       inv_freq, factor = layer_rope(cfg, li, positions)
-      q = apply_rope(q, positions, inv_freq, factor)
+      q = apply_rope(q, q_pos, inv_freq, factor)
       k = apply_rope(k, positions, inv_freq, factor)
 
     # Keys are kept as (B, KVH, S, Dh) and values transposed, (B, KVH, Dh, S): the layouts the
@@ -273,7 +286,7 @@ class Attention(nn.Module):
     scale = 1.0 / np.sqrt(
       cfg.query_pre_attn_scalar if cfg.query_pre_attn_scalar is not None else dh
     )
-    allowed = attention_mask(slots, k_slots, kv_mask, window)
+    allowed = attention_mask(q_slots, k_slots, kv_mask, window)
     if self.implementation not in (None, "xla", "cudnn"):
       raise ValueError(
         f"unknown attention implementation {self.implementation!r}; use None, 'xla' or 'cudnn'"
@@ -290,7 +303,7 @@ class Attention(nn.Module):
     else:
       out = attend(q, k, vt, allowed, float(scale), cfg.attn_logit_softcapping)
     return _dense(cfg.hidden_size, cfg.attention_out_bias, self.dtype, self.param_dtype, "o_proj")(
-      out.reshape(b, t, h * dh)
+      out.reshape(b, tq, h * dh)
     )
 
 
@@ -341,14 +354,18 @@ class DecoderLayer(nn.Module):
   layer_idx: int = 0
 
   @nn.compact
-  def __call__(self, x, positions, slots, kv_mask, decode: bool = False, layer=None):
+  def __call__(
+    self, x, positions, slots, kv_mask, decode: bool = False, layer=None, query_index=None
+  ):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = _norm(cfg, "input_norm", **kw)(x)
     attn = Attention(
       cfg, name="attn", implementation=self.attn_implementation, layer_idx=self.layer_idx, **kw
     )
-    h = attn(h, positions, slots, kv_mask, decode, layer=layer)
+    h = attn(h, positions, slots, kv_mask, decode, layer=layer, query_index=query_index)
+    if query_index is not None:  # the output only at these positions (see CausalLM.__call__)
+      x = take_positions(x, query_index)
     if cfg.sandwich_norms:
       x = x + _norm(cfg, "post_attention_norm", **kw)(h)
       h = _norm(cfg, "pre_feedforward_norm", **kw)(x)
@@ -537,9 +554,20 @@ class CausalLM(nn.Module):
     slots=None,
     decode: bool = False,
     return_hidden: bool = False,
+    last_layer_positions=None,
   ):
+    """Logits (B, T, V) (and with ``return_hidden`` every layer's output).
+
+    ``last_layer_positions`` (B, n) int: the last decoder layer computes its queries, attention
+    output and MLP at these positions only (its keys and values at all): the logits and the last
+    hidden state are then (B, n, ...), equal to the full ones at those positions. What an
+    objective that reads a few positions needs (attribution projects only the response
+    positions); unrolled layers and no KV cache only.
+    """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids and inputs_embeds")
+    if last_layer_positions is not None and (decode or self.config.scan_layers):
+      raise ValueError("last_layer_positions needs unrolled layers (scan_layers=False), no cache")
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     x = x.astype(self.dtype)
     b, t = x.shape[:2]
@@ -559,8 +587,13 @@ class CausalLM(nn.Module):
       hidden = tuple(stacked) if return_hidden else ()
     else:
       hidden = []
-      for layer in self.layers:
-        x = layer(x, positions, slots, attention_mask, decode)
+      last = len(self.layers) - 1
+      for i, layer in enumerate(self.layers):
+        if i == last and last_layer_positions is not None:
+          # positional: nn.remat's static_argnums count positions
+          x = layer(x, positions, slots, attention_mask, decode, None, last_layer_positions)
+        else:
+          x = layer(x, positions, slots, attention_mask, decode)
         hidden.append(x)
     logits = self.head(x)
     if return_hidden:
