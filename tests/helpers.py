@@ -65,3 +65,39 @@ def tiny_llama_config(**overrides):
     max_position_embeddings=64,
   )
   return ModelConfig(**{**fields, **overrides})
+
+
+def tiny_llava_config(*, text=None, vision=None, **overrides):
+  """Keyword arguments for a tiny random ``transformers.LlavaConfig`` (or ``LlavaNextConfig``).
+
+  A 3-layer, 16-wide Llama language model and a 2-layer, 16-wide CLIP tower on 28-pixel images
+  (2x2 patches of 14), image token 64 of a 70-token vocabulary. ``text`` / ``vision`` override
+  fields of ``text_config`` / ``vision_config``; other keywords override or add top-level fields
+  (e.g. ``image_grid_pinpoints``).
+
+  >>> cfg = transformers.LlavaConfig(**tiny_llava_config(vision=dict(image_size=56)))
+  """
+  text_config = dict(
+    model_type="llama",
+    vocab_size=70,
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+  )
+  vision_config = dict(
+    model_type="clip_vision_model",
+    hidden_size=16,
+    intermediate_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=28,
+    patch_size=14,
+  )
+  return dict(
+    text_config={**text_config, **(text or {})},
+    vision_config={**vision_config, **(vision or {})},
+    **{"image_token_id": 64, **overrides},
+  )

@@ -6,7 +6,7 @@ import pathlib
 import jax
 import numpy as np
 import pytest
-from helpers import count_compiles
+from helpers import count_compiles, tiny_llava_config
 from tolerances import PARITY_ATOL_F32
 
 import jaxsteer
@@ -16,36 +16,29 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 IMAGE_TOKEN = 32000  # "<image>" added to the Llama-2 tokenizer (32000 pieces)
+# A 2-layer, 32-wide Llama over the Llama-2 vocabulary and a 32-wide CLIP tower.
 TEXT = dict(
-  model_type="llama",
   vocab_size=32064,
   hidden_size=32,
   intermediate_size=48,
   num_hidden_layers=2,
-  num_attention_heads=4,
-  num_key_value_heads=2,
   max_position_embeddings=512,
 )
-VISION = dict(
-  model_type="clip_vision_model",
-  hidden_size=32,
-  intermediate_size=48,
-  num_hidden_layers=2,
-  num_attention_heads=4,
-  projection_dim=16,
-)
+VISION = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, projection_dim=16)
 # NeXT: 4x4 patches per 56-pixel tile; the pinpoints give a square image 1 tile and a landscape
 # (portrait) one a 1x2 (2x1) grid whose unpadding crops columns (rows).
 PINPOINTS = [[56, 56], [56, 112], [112, 56]]
 CASES = {
   "llava_default": (
     "llava",
-    dict(vision_config=dict(VISION, image_size=28, patch_size=14)),
+    tiny_llava_config(text=TEXT, vision=VISION, image_token_id=IMAGE_TOKEN),
   ),
   "llava_full_layers": (
     "llava",
-    dict(
-      vision_config=dict(VISION, image_size=28, patch_size=14),
+    tiny_llava_config(
+      text=TEXT,
+      vision=VISION,
+      image_token_id=IMAGE_TOKEN,
       vision_feature_select_strategy="full",
       vision_feature_layer=[0, -1],
       projector_hidden_act="quick_gelu",
@@ -53,8 +46,10 @@ CASES = {
   ),
   "llava_next": (
     "llava_next",
-    dict(
-      vision_config=dict(VISION, image_size=56, patch_size=14),
+    tiny_llava_config(
+      text=TEXT,
+      vision=dict(VISION, image_size=56),
+      image_token_id=IMAGE_TOKEN,
       image_grid_pinpoints=PINPOINTS,
       vision_feature_layer=1,
     ),
@@ -66,11 +61,9 @@ def _make_hf(name):
   kind, kw = CASES[name]
   torch.manual_seed(0)
   if kind == "llava":
-    cfg = transformers.LlavaConfig(text_config=TEXT, image_token_id=IMAGE_TOKEN, **kw)
-    model = transformers.LlavaForConditionalGeneration(cfg)
+    model = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(**kw))
   else:
-    cfg = transformers.LlavaNextConfig(text_config=TEXT, image_token_id=IMAGE_TOKEN, **kw)
-    model = transformers.LlavaNextForConditionalGeneration(cfg)
+    model = transformers.LlavaNextForConditionalGeneration(transformers.LlavaNextConfig(**kw))
   model.eval()
   # Random biases / norm weights so that a wrong mapping of them cannot pass.
   with torch.no_grad():

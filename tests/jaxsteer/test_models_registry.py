@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers import tiny_llava_config
 
 import jaxsteer
 from jaxsteer._src.models import loading, registry
@@ -23,15 +24,7 @@ SMALL = dict(
   num_key_value_heads=2,
   max_position_embeddings=64,
 )
-VISION = dict(
-  model_type="clip_vision_model",
-  hidden_size=16,
-  intermediate_size=24,
-  num_hidden_layers=2,
-  num_attention_heads=2,
-  projection_dim=8,
-  patch_size=14,
-)
+VISION = dict(projection_dim=8)
 # (transformers config class, model class, kwargs): one tiny model per registered model_type.
 HF = {
   "llama": ("LlamaConfig", "LlamaForCausalLM", dict(SMALL)),
@@ -49,18 +42,14 @@ HF = {
   "llava": (
     "LlavaConfig",
     "LlavaForConditionalGeneration",
-    dict(
-      text_config=dict(SMALL, model_type="llama"),
-      vision_config=dict(VISION, image_size=28),
-      image_token_id=60,
-    ),
+    tiny_llava_config(text=SMALL, vision=VISION, image_token_id=60),
   ),
   "llava_next": (
     "LlavaNextConfig",
     "LlavaNextForConditionalGeneration",
-    dict(
-      text_config=dict(SMALL, model_type="qwen2"),
-      vision_config=dict(VISION, image_size=28),
+    tiny_llava_config(
+      text=dict(SMALL, model_type="qwen2"),
+      vision=VISION,
       image_token_id=60,
       image_grid_pinpoints=[[28, 28], [28, 56]],
     ),

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_compiles, tiny_llama_config
+from helpers import count_compiles, tiny_llama_config, tiny_llava_config
 from tolerances import assert_close
 
 import jaxsteer
@@ -211,27 +211,8 @@ def llava_pair(tmp_path_factory):
   """(transformers LLaVA-1.5, unrolled, scanned with remat) from one tiny saved checkpoint."""
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  text = dict(
-    model_type="llama",
-    vocab_size=70,
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-  )
-  vision = dict(
-    model_type="clip_vision_model",
-    hidden_size=16,
-    intermediate_size=24,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    image_size=28,
-    patch_size=14,
-  )
   torch.manual_seed(0)
-  cfg = transformers.LlavaConfig(text_config=text, vision_config=vision, image_token_id=64)
+  cfg = transformers.LlavaConfig(**tiny_llava_config())  # image token 64
   model = transformers.LlavaForConditionalGeneration(cfg).eval()
   with torch.no_grad():
     for n, p in model.named_parameters():

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from helpers import tiny_llava_config
 
 from jaxsteer._src import cli
 
@@ -30,26 +31,13 @@ def model_dir(data_dir, tmp_path_factory):
   tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
   torch.manual_seed(0)
   cfg = transformers.LlavaConfig(
-    text_config=dict(
-      model_type="llama",
-      vocab_size=32064,
-      hidden_size=32,
-      intermediate_size=48,
-      num_hidden_layers=3,
-      num_attention_heads=4,
-      num_key_value_heads=2,
-      max_position_embeddings=256,
-    ),
-    vision_config=dict(
-      model_type="clip_vision_model",
-      hidden_size=16,
-      intermediate_size=32,
-      num_hidden_layers=1,
-      num_attention_heads=2,
-      image_size=56,
-      patch_size=14,
-    ),
-    image_token_id=IMAGE_TOKEN,
+    **tiny_llava_config(
+      text=dict(
+        vocab_size=32064, hidden_size=32, intermediate_size=48, max_position_embeddings=256
+      ),
+      vision=dict(intermediate_size=32, num_hidden_layers=1, image_size=56),
+      image_token_id=IMAGE_TOKEN,
+    )
   )
   d = tmp_path_factory.mktemp("llava")
   transformers.LlavaForConditionalGeneration(cfg).eval().save_pretrained(d)
