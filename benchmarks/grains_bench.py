@@ -340,17 +340,13 @@ def matmul_peak_flops(n: int = 512, repeats: int = 20) -> float:
 
   At n = 512 XLA's matmul runs at the core's FMA throughput (about 165 GFLOP/s on one thread of
   this workplace's AVX-512 CPU, quiet), so flops / peak is a physical lower bound on any program.
-  Fastest process CPU time of ``repeats`` (on a shared machine wall time would lower the peak and
-  flatter every ratio to the bound).
+  Fastest of ``repeats`` calls, each timed by the smaller of wall and process CPU time (on a
+  shared machine wall time would lower the peak and flatter every ratio to the bound); see
+  ``experiments._bench_common.matmul_peak``.
   """
-  import jax
-  import jax.numpy as jnp
+  from experiments._bench_common import matmul_peak
 
-  a = jnp.ones((n, n), jnp.float32)
-  mm = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(mm(a))
-  wall, cpu, _ = _min_times(lambda: jax.block_until_ready(mm(a)), repeats)
-  return 2.0 * n**3 / min(wall, cpu)
+  return matmul_peak(n, repeats)["xla"]
 
 
 def bench_fit(lm) -> dict:

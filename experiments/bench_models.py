@@ -165,30 +165,15 @@ def read_bandwidth(nbytes: int, repeats: int = 7) -> float:
 
 def measure_bounds() -> dict:
   """Single-thread read bandwidth (GB/s) and float32 matmul peak (GFLOP/s) of this machine."""
-  import jax
-  import torch
+  from experiments._bench_common import matmul_peak
 
   dram = read_bandwidth(2**30, repeats=5)  # 1 GiB: beyond any last-level cache here (300 MiB)
-  n = 1024
-  a = np.random.default_rng(0).standard_normal((n, n), np.float32)
-  f = jax.jit(lambda x, y: x @ y)
-  ja = jax.device_put(a)
-  jax.block_until_ready(f(ja, ja))
-  ta = torch.from_numpy(a)
-  jt, tt = [], []
-  for _ in range(5):
-    t0 = time.perf_counter()
-    jax.block_until_ready(f(ja, ja))
-    jt.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    torch.mm(ta, ta)
-    tt.append(time.perf_counter() - t0)
-  flops = 2 * n**3
+  peak = matmul_peak(1024, repeats=5, torch=True)
   return {
     "read_GBps": dram,
-    "matmul_GFLOPs": flops / min(min(jt), min(tt)) / 1e9,
-    "matmul_GFLOPs_xla": flops / min(jt) / 1e9,
-    "matmul_GFLOPs_torch": flops / min(tt) / 1e9,
+    "matmul_GFLOPs": peak["best"] / 1e9,
+    "matmul_GFLOPs_xla": peak["xla"] / 1e9,
+    "matmul_GFLOPs_torch": peak["torch"] / 1e9,
   }
 
 
