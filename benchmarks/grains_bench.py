@@ -528,6 +528,7 @@ def main(argv=None) -> None:
   p.add_argument("--no-floor", action="store_true", help="skip timing each IG matmul alone")
   p.add_argument("--out", help="also write the JSON here")
   args = p.parse_args(argv)
+  set_threads(args.threads, pin_core=True)  # the command line: this process is ours to pin
   res = run(quick=args.quick, threads=args.threads, only=args.only, repeats=args.repeats,
             floor=not args.no_floor)  # fmt: skip
   print(json.dumps(res, indent=2))

@@ -173,7 +173,7 @@ def main(argv=None) -> dict:
     p.error("--windows needs one value, or one per --batches")
   from experiments.reproduce import set_threads
 
-  set_threads(a.threads)
+  set_threads(a.threads, pin_core=True)  # the command line: this process is ours to pin
   import jax
 
   import recoder

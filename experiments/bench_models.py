@@ -314,10 +314,11 @@ def bench_arch(
   }
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, *, pin_core: bool = False) -> None:
   """Both frameworks on ``threads`` CPU threads (call before JAX initialises its backend):
-  ``experiments.reproduce.set_threads`` (one thread pins the process, bounds included, to one
-  core), and PyTorch's own pool.
+  ``experiments.reproduce.set_threads`` (with ``pin_core``, one thread pins the process, bounds
+  included, to one core: ``main`` asks for it, an in-process ``run`` keeps the caller's CPU
+  affinity), and PyTorch's own pool.
 
   On a shared, loaded machine multi-threaded PyTorch spin-waits badly, so the default is 1 thread
   for both; ``0`` leaves each framework's default.
@@ -328,7 +329,7 @@ def set_threads(threads: int) -> None:
 
   from experiments.reproduce import set_threads as pin
 
-  pin(threads)
+  pin(threads, pin_core=pin_core)
   torch.set_num_threads(threads)
 
 
@@ -370,7 +371,7 @@ def run(
       "jax": jax.__version__,
       "torch": torch.__version__,
       "torch_threads": torch.get_num_threads(),
-      "jax_single_threaded": threads == 1,
+      "jax_single_threaded": threads == 1 and len(os.sched_getaffinity(0)) == 1,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # per-program options the library's jitted programs compile with (jaxsteer.compile_options)
       "xla_compiler_options": {k: compile_options.options(k) for k in compile_options.PROGRAMS},
@@ -407,6 +408,7 @@ def main(argv=None) -> None:
       else "--prompt-len must be in [1, 512]"
     )
     p.exit(2, f"bench_models: {what}; known: {', '.join(known)}\n")
+  set_threads(args.threads, pin_core=True)  # the command line: this process is ours to pin
   res = run(
     quick=args.quick,
     threads=args.threads,

@@ -55,7 +55,7 @@ from experiments import stats
 from experiments.report import atomic_write, environment, sanitize, write_report
 
 
-def set_threads(threads: int) -> None:
+def set_threads(threads: int, *, pin_core: bool = False) -> None:
   """Pins XLA (and PyTorch) to ``threads`` CPU threads before JAX starts; 0 leaves defaults.
 
   With one thread, XLA's CPU reductions run in a fixed order, so a quick run gives the same
@@ -63,11 +63,17 @@ def set_threads(threads: int) -> None:
   XLA may still generate different code, which is why every headline carries an interval over
   seeds and items. ``--xla_cpu_multi_thread_eigen=false`` alone does not keep XLA on one thread
   (its runtime still splits work over the intra-op pool: a 1024^3 matmul ran at 285 GFLOP/s with
-  the flag, 151 pinned), so one thread also pins the process to one CPU core.
+  the flag, 151 pinned), so the command-line entry points also pin the process to one CPU core.
+
+  Args:
+    threads: CPU threads for XLA's Eigen pool, OpenMP/MKL/OpenBLAS and PyTorch.
+    pin_core: with ``threads == 1``, also pin the whole process to one CPU core
+      (``os.sched_setaffinity``). Only a ``__main__`` entry point should ask for it: a library
+      caller's process (a notebook, a test worker) keeps its CPU affinity.
   """
   if threads <= 0:
     return
-  if threads == 1 and hasattr(os, "sched_setaffinity"):
+  if pin_core and threads == 1 and hasattr(os, "sched_setaffinity"):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   flags = os.environ.get("XLA_FLAGS", "")
   if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
@@ -402,8 +408,8 @@ def main(argv=None) -> int:
       ap.error(f"cannot merge: {e}")
     return 0
   threads = args.threads if pin_reason is None else pin_reason
-  if pin_reason is None:
-    set_threads(args.threads)
+  if pin_reason is None:  # the command line (argv from sys.argv): this process is ours
+    set_threads(args.threads, pin_core=True)
   mode = "smoke" if args.smoke else "quick" if args.quick else "full"
   only = [s.strip() for s in args.only.split(",") if s.strip()]
   unknown = [s for s in only if s not in STUDIES]

@@ -42,9 +42,10 @@ def stories260k(data_dir):
 
 @pytest.fixture(autouse=True)
 def _keep_cpu_affinity():
-  """A CLI run in-process with ``--threads 1`` pins its process to one core
-  (``experiments.reproduce.set_threads``); here that process is the test worker, so the
-  affinity is put back after each test (no test may leave a worker on one core)."""
+  """A command-line entry point run in-process with ``--threads 1`` (``main(argv)`` of
+  ``experiments.bench_models``, ``benchmarks/*_bench.py``; ``set_threads(1, pin_core=True)``)
+  pins its process to one core; here that process is the test worker, so the affinity is put
+  back after each test (no test may leave a worker on one core)."""
   if not hasattr(os, "sched_getaffinity"):
     yield
     return

@@ -353,3 +353,26 @@ def test_cli_pins_threads_when_jax_has_not_started(tmp_path):
   environment = json.loads((out / "results.json").read_text())["environment"]
   assert environment["threads"] == 1
   assert "--xla_cpu_multi_thread_eigen=false" in environment["xla_flags"]
+
+
+@pytest.mark.parametrize("bench", [False, True])
+def test_set_threads_pins_the_core_only_when_asked(monkeypatch, bench):
+  """An in-process caller (a benchmark's ``run``, a notebook) keeps its CPU affinity; only the
+  command-line entry points ask ``set_threads`` to pin the process to one core."""
+  torch = pytest.importorskip("torch")
+  from experiments import bench_models
+
+  calls = []
+  monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: calls.append(set(cpus)))
+  monkeypatch.setattr(os, "environ", dict(os.environ))  # XLA_FLAGS / OMP_* changes stay here
+  before = torch.get_num_threads()
+  set_threads = bench_models.set_threads if bench else reproduce.set_threads
+  try:
+    set_threads(1)
+    set_threads(2, pin_core=True)
+    assert calls == []
+    assert "--xla_cpu_multi_thread_eigen=false" in os.environ["XLA_FLAGS"]
+    set_threads(1, pin_core=True)
+    assert calls == [{min(os.sched_getaffinity(0))}]
+  finally:
+    torch.set_num_threads(before)
