@@ -64,12 +64,12 @@ def reference(model, tok, question, choices):
   for c in choices:
     c_ids = tok(ctx)["input_ids"]  # GPT-2: no special tokens
     whole = tok(ctx + " " + c)["input_ids"]
-    cont = whole[len(c_ids) :]
-    with torch.no_grad():
-      logits = model(torch.tensor([whole])).logits[0].double()
-    lp = torch.log_softmax(logits, -1)
     n = len(c_ids)
-    out.append(float(sum(lp[n + i - 1, t] for i, t in enumerate(cont))))
+    cont = whole[n:]
+    with torch.no_grad():  # the positions that predict the continuation tokens
+      logits = model(torch.tensor([whole])).logits[0, n - 1 : len(whole) - 1].double()
+    lp = torch.log_softmax(logits, -1)
+    out.append(float(lp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
   return out
 
 
@@ -87,10 +87,12 @@ def test_lm_eval_template_matches_an_independent_pytorch_scorer(gpt2_dir, data_d
   mc1s, mc2s = [], []
   for row in res["questions"]:
     q = ds[row["index"]]
+    want = {
+      m: reference(model, tok, q.question, getattr(q, f"{m}_choices")) for m in ("mc1", "mc2")
+    }
     for m in ("mc1", "mc2"):
-      want = reference(model, tok, q.question, getattr(q, f"{m}_choices"))
-      np.testing.assert_allclose(row[f"{m}_scores"], want, rtol=1e-4, atol=2e-4)
-    s1 = np.asarray(reference(model, tok, q.question, q.mc1_choices))
+      np.testing.assert_allclose(row[f"{m}_scores"], want[m], rtol=1e-4, atol=2e-4)
+    s1 = np.asarray(want["mc1"])
     mc1s.append(float(np.argmax(s1) == 0))
     s2 = np.asarray(row["mc2_scores"])
     p = np.exp(s2 - s2.max())
