@@ -21,8 +21,9 @@ load average 1.3-2.5 because the other core was busy, so the ratios, not the tim
   ``experiments.bench_models``' 31.6M Llama, batch 4 x 64 tokens): without YNNPACK 2277 / 2326 /
   2165 tokens/s vs 2102 / 1566 / 1765 with the default (three runs, each alternated in one
   process); YNNPACK for dots only: 1974 vs 2121 (worse).
-* The decode loop keeps XLA's defaults: neither choice changed its rate beyond the noise
-  (254-261 tokens/s for all three in the quietest run).
+* ``"decode"`` (the greedy KV-cache loop, same model, 32 new tokens): without YNNPACK 274 / 301 /
+  226 / 228 tokens/s vs 256 / 230 / 172 / 218 with the default (64- and 256-token prompts, four
+  alternated runs; two earlier loaded runs were mixed: 261 vs 243, 233 vs 245).
 
 ``options(kind)`` returns the kind's options when the default backend is the CPU and this jaxlib
 accepts them (checked once per kind by compiling a one-line program; a refusal is a warning and the
@@ -49,7 +50,7 @@ _YNN = "xla_cpu_experimental_ynn_fusion_type"
 PROGRAMS: dict[str, dict[str, str]] = {
   "ig": {_YNN: "LIBRARY_FUSION_TYPE_DOT"},
   "forward": {_YNN: ""},
-  "decode": {},
+  "decode": {_YNN: ""},
 }
 ENV_VAR = "JAXSTEER_XLA_OPTIONS"
 
