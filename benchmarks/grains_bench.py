@@ -82,6 +82,22 @@ def _min_times(fn, repeats):
   return float(np.min(wall)), float(np.min(cpu)), float(np.median(wall))
 
 
+def _min_times_interleaved(fns: dict, repeats: int) -> dict:
+  """``_min_times`` of every function in ``fns`` with their calls alternated (one call of each
+  per round): a host whose speed drifts affects all of them alike, so their ratio stays
+  meaningful (timing one framework's repeats after the other's did not)."""
+  wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      fn()
+      wall[k].append(time.perf_counter() - t0)
+      cpu[k].append(time.process_time() - c0)
+  return {
+    k: (float(np.min(wall[k])), float(np.min(cpu[k])), float(np.median(wall[k]))) for k in fns
+  }
+
+
 _COMPILES = [0]
 
 
@@ -258,8 +274,11 @@ def bench_ig(
     "xla_compiler_options": compile_options.options("ig"),
     "rows_per_attribution": steps * seq_len,
     "matmul_peak_flops_per_s": peak,
-    "matmul_peak_shape": "512 x 512 @ 512 x 512, float32, one thread (jitted, fastest of 20)",
-    "timing": f"fastest of {repeats} calls (wall and process CPU time); medians for reference",
+    "matmul_peak_shape": "512 x 512 @ 512 x 512, float32, one thread (jitted, fastest of 100)",
+    "timing": (
+      f"fastest of {repeats} calls (wall and process CPU time), jaxsteer and captum alternated; "
+      "medians for reference"
+    ),
   }
   for name, n, fwd in (
     ("response_only", n_resp, forward_response),
@@ -275,15 +294,17 @@ def bench_ig(
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     flops = float(cost.get("flops", np.nan))
     hlo = compiled.as_text()
-    c1 = compiles[0]
-    j_wall, j_cpu, j_med = _min_times(lambda g=jax_ig: jax.block_until_ready(g(*args)), repeats)
-    warm_compiles = compiles[0] - c1
     j_scores, j_delta = (np.asarray(a) for a in jax_ig(*args))
     run = captum_ig(fwd)
     t0 = time.perf_counter()
     run()
     c_first = time.perf_counter() - t0
-    c_wall, c_cpu, c_med = _min_times(run, repeats)
+    c1 = compiles[0]
+    timed = _min_times_interleaved(
+      {"jax": lambda g=jax_ig: jax.block_until_ready(g(*args)), "captum": run}, repeats
+    )
+    warm_compiles = compiles[0] - c1
+    (j_wall, j_cpu, j_med), (c_wall, c_cpu, c_med) = timed["jax"], timed["captum"]
     c_scores, c_delta = run()
     bound = flops / peak
     row = {
@@ -335,7 +356,7 @@ def bench_ig(
   return out
 
 
-def matmul_peak_flops(n: int = 512, repeats: int = 20) -> float:
+def matmul_peak_flops(n: int = 512, repeats: int = 100) -> float:
   """Measured float32 matmul FLOP/s of a jitted (n, n) @ (n, n) on this machine's threads.
 
   At n = 512 XLA's matmul runs at the core's FMA throughput (about 165 GFLOP/s on one thread of

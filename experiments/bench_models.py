@@ -7,7 +7,9 @@ weights are built in transformers at one small shape, saved with ``save_pretrain
 with ``jaxsteer.load``; both run on this machine in one process on the same threads. Ratios are
 jaxsteer tokens/s over transformers tokens/s (> 1: jaxsteer faster). Compile time (first call) is
 reported apart from the steady-state timings; every JAX timing ends with ``block_until_ready``.
-Steady-state times are the minimum over ``--repeats`` calls (the least disturbed one).
+Steady-state times are the minimum over ``--repeats`` calls (the least disturbed one), the two
+frameworks' calls (and both generation lengths) alternated so that a host whose speed drifts
+affects them alike.
 
 * prefill: one forward over ``batch x prompt_len`` tokens (logits for all positions).
 * decode: greedy generation with a KV cache; decode tokens/s is
@@ -129,17 +131,21 @@ def hf_cases(kw: dict) -> dict[str, tuple[str, str, dict]]:
   }
 
 
-def _timeit(fn, repeats: int) -> tuple[float, float]:
-  """(first-call seconds, minimum steady-state seconds over ``repeats`` calls)."""
-  t0 = time.perf_counter()
-  fn()
-  first = time.perf_counter() - t0
-  ts = []
-  for _ in range(repeats):
+def _interleaved(fns: dict, repeats: int) -> dict:
+  """``{name: (first-call seconds, minimum steady-state seconds)}`` with the calls of all ``fns``
+  alternated, ``repeats`` rounds: on a host whose speed drifts (a shared VM) every framework and
+  every length sees the same conditions, so the ratios and differences stay meaningful."""
+  first, ts = {}, {k: [] for k in fns}
+  for k, fn in fns.items():
     t0 = time.perf_counter()
     fn()
-    ts.append(time.perf_counter() - t0)
-  return first, float(np.min(ts))
+    first[k] = time.perf_counter() - t0
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      ts[k].append(time.perf_counter() - t0)
+  return {k: (first[k], float(np.min(ts[k]))) for k in fns}
 
 
 def _ratio(a, b):
@@ -168,7 +174,7 @@ def measure_bounds() -> dict:
   from experiments._bench_common import matmul_peak
 
   dram = read_bandwidth(2**30, repeats=5)  # 1 GiB: beyond any last-level cache here (300 MiB)
-  peak = matmul_peak(1024, repeats=5, torch=True)
+  peak = matmul_peak(1024, repeats=40, torch=True)
   return {
     "read_GBps": dram,
     "matmul_GFLOPs": peak["best"] / 1e9,
@@ -229,8 +235,8 @@ def bench_arch(
     with torch.inference_mode():
       return hf(input_ids=t_ids, attention_mask=t_mask, use_cache=False).logits
 
-  j_first, j_pre = _timeit(jax_prefill, repeats)
-  h_first, h_pre = _timeit(hf_prefill, repeats)
+  pre = _interleaved({"jax": jax_prefill, "hf": hf_prefill}, repeats)
+  (j_first, j_pre), (h_first, h_pre) = pre["jax"], pre["hf"]
   diff = float(np.abs(np.asarray(lm(j_ids, j_mask)) - hf_prefill().numpy()).max())
 
   # -- decode (greedy, KV cache, no early stop): time(new_tokens) - time(1) = new_tokens - 1 steps
@@ -254,11 +260,12 @@ def bench_arch(
 
     return go
 
-  r = max(1, repeats // 2)
-  j_gfirst, j_gen = _timeit(jax_gen(new_tokens), r)
-  j_1first, j_gen1 = _timeit(jax_gen(1), r)
-  h_gfirst, h_gen = _timeit(hf_gen(new_tokens), r)
-  _, h_gen1 = _timeit(hf_gen(1), r)
+  gen = _interleaved(
+    {"jN": jax_gen(new_tokens), "j1": jax_gen(1), "hN": hf_gen(new_tokens), "h1": hf_gen(1)},
+    repeats,
+  )
+  (j_gfirst, j_gen), (_, j_gen1) = gen["jN"], gen["j1"]
+  (_, h_gen), (_, h_gen1) = gen["hN"], gen["h1"]
   same = bool(np.array_equal(jax_gen(new_tokens)(), hf_gen(new_tokens)()[:, prompt_len:].numpy()))
 
   pre_tokens = batch * prompt_len
