@@ -200,6 +200,13 @@ def attend(q, k, vt, allowed, scale: float, softcap: float | None = None):
 
   q: (B, T, H, Dh); k: (B, KVH, S, Dh); vt: values transposed, (B, KVH, Dh, S); allowed: boolean
   (B, 1, T, S). Returns (B, T, H, Dh). The query heads of a group share their key/value head.
+
+  The mask is added (0 or the large negative number) and the softmax's normalisation is applied
+  after the value product, to (T, Dh) instead of (T, S) entries per head, as flash attention
+  does; the maximum is a constant for autodiff (the softmax does not depend on it). Measured on
+  the 31.6M Llama of ``experiments.bench_models`` (one pinned core, alternated in one process):
+  prefill of 4 x 256 tokens 1381-1501 vs 1235-1397 tokens/s with ``jax.nn.softmax`` and a
+  select; 4 x 64 tokens and IG unchanged within noise.
   """
   b, t, h, dh = q.shape
   kvh = k.shape[1]
@@ -211,10 +218,11 @@ def attend(q, k, vt, allowed, scale: float, softcap: float | None = None):
     scores = scores * jnp.float32(scale)
   else:
     scores = jnp.tanh(scores * scale / softcap) * softcap
-  scores = jnp.where(allowed[:, :, None], scores, _NEG)
-  probs = jax.nn.softmax(scores, axis=-1).astype(vt.dtype)
-  out = jnp.einsum("bkgts,bkds->btkgd", probs, vt)
-  return out.reshape(b, t, h, dh).astype(q.dtype)
+  scores = scores + jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)[:, :, None]
+  p = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+  norm = jnp.transpose(jnp.sum(p, axis=-1), (0, 3, 1, 2))[..., None]  # (B, T, KVH, G, 1)
+  out = jnp.einsum("bkgts,bkds->btkgd", p.astype(vt.dtype), vt, preferred_element_type=jnp.float32)
+  return (out / norm).reshape(b, t, h, dh).astype(q.dtype)
 
 
 class Attention(nn.Module):
