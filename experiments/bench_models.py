@@ -27,14 +27,17 @@ affects them alike.
   indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
   before quoting a number.
 
-Published runs (Llama, small shape, one pinned core, quiet machine, load average < 1.1):
-``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.84 of the FLOP
-bound, 0.99x transformers; decode 0.53 of the working-set read bound, 1.81x transformers) and
-``bench_models_llama_small_prompt256.json`` (prefill 0.76, 0.87x transformers). Greedy decoding
-skips the vocabulary sort and random draws of sampling (``lax.cond`` on the temperature) and the
-KV cache is kept in the layouts the attention dots read. The remaining decode gap is XLA's CPU
-matmul at 4 rows: it reads the weights at 9-11 GB/s where a 1-row matmul or a streaming read
-reaches 24-29 GB/s on this core. Runs before December 2026 let XLA use both cores.
+Published runs (Llama, small shape, one pinned core, load average 1.0-1.2, calls alternated):
+``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.81 of the FLOP
+bound, 1.13x transformers; decode 0.65 of the read bound, 1.47x transformers) and
+``bench_models_llama_small_prompt256.json`` (prefill 0.56, 0.81x transformers; decode 0.62,
+1.69x). Greedy decoding skips the vocabulary sort and random draws of sampling (``lax.cond`` on
+the temperature), the KV cache is kept in the layouts the attention dots read, and forwards and
+the decode loop compile without YNNPACK (``jaxsteer.compile_options``). The remaining decode gap
+is XLA's CPU matmul at 4 rows (weights read at 6-10 GB/s in isolation, where a 1-row matmul
+reads 12-24); with the weights stored transposed, ``W @ x^T`` read them 1.5x faster in an
+alternated microbenchmark (not done: it would need a second copy of every kernel). Runs before
+December 2026 let XLA use both cores; this host's speed varied 1.3-1.6x between sessions.
 
 Usage::
 
