@@ -47,6 +47,7 @@ import time
 
 import numpy as np
 
+from experiments._bench_common import alternated_times
 from experiments.bench_models import set_threads
 
 CONFIG = dict(
@@ -59,15 +60,6 @@ CONFIG = dict(
   max_position_embeddings=512,
 )
 QUICK_CONFIG = dict(CONFIG, hidden_size=64, intermediate_size=172, num_hidden_layers=4)
-
-
-def _median_time(fn, repeats):
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
 
 
 def _min_times(fn, repeats):
@@ -83,18 +75,12 @@ def _min_times(fn, repeats):
 
 
 def _min_times_interleaved(fns: dict, repeats: int) -> dict:
-  """``_min_times`` of every function in ``fns`` with their calls alternated (one call of each
-  per round): a host whose speed drifts affects all of them alike, so their ratio stays
-  meaningful (timing one framework's repeats after the other's did not)."""
-  wall, cpu = {k: [] for k in fns}, {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0, c0 = time.perf_counter(), time.process_time()
-      fn()
-      wall[k].append(time.perf_counter() - t0)
-      cpu[k].append(time.process_time() - c0)
+  """``_min_times`` of every function in ``fns``, their calls alternated
+  (``_bench_common.alternated_times``)."""
+  t = alternated_times(fns, repeats)
   return {
-    k: (float(np.min(wall[k])), float(np.min(cpu[k])), float(np.median(wall[k]))) for k in fns
+    k: (float(np.min(v["wall"])), float(np.min(v["cpu"])), float(np.median(v["wall"])))
+    for k, v in t.items()
   }
 
 

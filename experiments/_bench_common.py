@@ -50,3 +50,18 @@ def matmul_peak(n: int, repeats: int, *, torch: bool = False) -> dict[str, float
   out = {name: 2.0 * n**3 / t for name, t in best.items()}
   out["best"] = max(out.values())
   return out
+
+
+def alternated_times(fns: dict, repeats: int) -> dict[str, dict[str, list[float]]]:
+  """Wall and process-CPU seconds of ``repeats`` rounds of calls, one call of each of ``fns`` per
+  round (``{name: {"wall": [...], "cpu": [...]}}``): on a host whose speed drifts (a shared VM)
+  every compared function sees the same conditions, so ratios and differences stay meaningful
+  (timing one function's repeats after another's did not)."""
+  out = {k: {"wall": [], "cpu": []} for k in fns}
+  for _ in range(repeats):
+    for k, fn in fns.items():
+      t0, c0 = time.perf_counter(), time.process_time()
+      fn()
+      out[k]["wall"].append(time.perf_counter() - t0)
+      out[k]["cpu"].append(time.process_time() - c0)
+  return out

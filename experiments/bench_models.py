@@ -61,6 +61,7 @@ import time
 
 import numpy as np
 
+from experiments._bench_common import alternated_times
 from jaxsteer._src.fileio import atomic_write_text
 
 SHAPES = {
@@ -135,20 +136,15 @@ def hf_cases(kw: dict) -> dict[str, tuple[str, str, dict]]:
 
 
 def _interleaved(fns: dict, repeats: int) -> dict:
-  """``{name: (first-call seconds, minimum steady-state seconds)}`` with the calls of all ``fns``
-  alternated, ``repeats`` rounds: on a host whose speed drifts (a shared VM) every framework and
-  every length sees the same conditions, so the ratios and differences stay meaningful."""
-  first, ts = {}, {k: [] for k in fns}
+  """``{name: (first-call seconds, minimum steady-state seconds)}``, the calls of all ``fns``
+  alternated (``_bench_common.alternated_times``)."""
+  first = {}
   for k, fn in fns.items():
     t0 = time.perf_counter()
     fn()
     first[k] = time.perf_counter() - t0
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      fn()
-      ts[k].append(time.perf_counter() - t0)
-  return {k: (first[k], float(np.min(ts[k]))) for k in fns}
+  times = alternated_times(fns, repeats)
+  return {k: (first[k], float(np.min(times[k]["wall"]))) for k in fns}
 
 
 def _ratio(a, b):
