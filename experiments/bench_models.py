@@ -22,6 +22,13 @@ affects them alike.
   is ``batch / (bytes of weights + KV cache read per step / max(read_GBps, working set))``
   (a fraction above 1 against DRAM alone showed that DRAM was not the limit); prefill's is
   ``tokens / (FLOPs of the forward / matmul_GFLOPs)``. ``fraction_of_bound`` = rate / bound.
+* the decode step's matmuls alone (``decode_matmuls``: every weight a step multiplies, at
+  ``batch`` rows, in a loop, nothing else), timed in the same alternation as the generations
+  together with the read probe over the same bytes: ``decode_matmuls_only_fraction_of_read`` is
+  how fast XLA's CPU matmul reads the weights relative to a plain streaming read, the ceiling of
+  any JAX decode on this machine short of a custom kernel; ``decode_fraction_of_matmuls_only``
+  is the decode rate over that ceiling (what attention over the KV cache, norms, RoPE, the cache
+  update and the loop cost).
 * ``load_average`` (``os.getloadavg``) is recorded: above the core count the machine was shared
   (``shared_machine``), the bounds and rates are low by unknown factors, every fraction is
   indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
@@ -182,6 +189,49 @@ def measure_bounds() -> dict:
   }
 
 
+def decode_matmuls(lm, batch: int, steps: int = 8):
+  """A jitted program of the decode step's matrix products alone: every 2-D weight of ``lm`` that
+  a step multiplies (each kernel, and the tied token embedding as the output projection) times a
+  ``(batch, in)`` activation, ``steps`` times in a ``lax.fori_loop`` as the decode loop runs
+  (the activation changes each step, so nothing is hoisted out of the loop), compiled with the
+  decode loop's options (``jaxsteer.compile_options``); no attention, norms, RoPE or cache.
+
+  ``batch * steps / time`` is the decode rate if everything but XLA's CPU matmuls at ``batch``
+  rows were free: the ceiling a JAX program reaches on this machine without a custom kernel.
+  Returns ``(call, steps, bytes of the weights one step reads)``.
+  """
+  import jax
+
+  from jaxsteer import compile_options
+
+  mats = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]:
+    name = jax.tree_util.keystr(path)
+    if leaf.ndim == 2 and name.endswith("['kernel']"):
+      mats.append((leaf, False))  # (in, out): x @ W
+    elif name == "['embed']['embedding']" and lm.config.tie_word_embeddings:
+      mats.append((leaf, True))  # (vocab, d): x @ E^T, the tied output projection
+  width = max(w.shape[1] if t else w.shape[0] for w, t in mats)
+  x = jax.device_put(np.random.default_rng(1).standard_normal((batch, width), np.float32))
+  weights = [w for w, _ in mats]
+
+  def run_steps(x, weights):
+    def step(_, x):
+      outs = [
+        x[:, : w.shape[1]] @ w.T if tied else x[:, : w.shape[0]] @ w
+        for w, (_, tied) in zip(weights, mats)
+      ]
+      # the next step depends on every output column (a sliced product could be pruned)
+      return x + 1e-6 * sum(o.sum(-1, keepdims=True) for o in outs)
+
+    return jax.lax.fori_loop(0, steps, step, x)
+
+  fn = compile_options.jit(run_steps, kind="decode")
+  call = lambda: jax.block_until_ready(fn(x, weights))  # noqa: E731
+  call.lower = lambda: fn.lower(x, weights)  # for tests: the compiled program's dots
+  return call, steps, sum(w.nbytes for w in weights)
+
+
 def model_costs(cfg, batch: int, prompt_len: int, new_tokens: int) -> dict:
   """Bytes read per decode step and FLOPs of the prefill of a ``ModelConfig`` (float32)."""
   d, f, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_layers, cfg.vocab_size
@@ -259,11 +309,24 @@ def bench_arch(
 
     return go
 
+  matmuls, mm_steps, matmul_bytes = decode_matmuls(lm, batch, steps=new_tokens)
+  # the read probe over the same bytes, alternated with the matmuls: their ratio is immune to
+  # the host's drift (BLAS's dot of an array with itself: each element read once)
+  probe = np.ones(matmul_bytes // 4, np.float32)
   gen = _interleaved(
-    {"jN": jax_gen(new_tokens), "j1": jax_gen(1), "hN": hf_gen(new_tokens), "h1": hf_gen(1)},
+    {
+      "jN": jax_gen(new_tokens),
+      "j1": jax_gen(1),
+      "hN": hf_gen(new_tokens),
+      "h1": hf_gen(1),
+      "mm": matmuls,
+      "read": lambda: probe.dot(probe),
+    },
     repeats,
   )
   (j_gfirst, j_gen), (_, j_gen1) = gen["jN"], gen["j1"]
+  mm_step_s = gen["mm"][1] / mm_steps
+  mm_ceiling = batch / mm_step_s
   (_, h_gen), (_, h_gen1) = gen["hN"], gen["h1"]
   same = bool(np.array_equal(jax_gen(new_tokens)(), hf_gen(new_tokens)()[:, prompt_len:].numpy()))
 
@@ -293,12 +356,20 @@ def bench_arch(
       "prefill_tokens_per_s": prefill_bound,
       "read_GBps_dram": bounds["read_GBps"],
       "read_GBps_working_set": ws_gbps,
+      # the decode step's matmuls alone, XLA at ``batch`` rows (``decode_matmuls``)
+      "decode_matmuls_only_tokens_per_s": mm_ceiling,
+      "decode_matmuls_only_fraction_of_bound": mm_ceiling / decode_bound,
+      "decode_matmuls_only_GBps": matmul_bytes / mm_step_s / 1e9,
+      # the same bytes streamed by the read probe, in the same alternation
+      "decode_matmuls_only_fraction_of_read": gen["read"][1] / mm_step_s,
+      "decode_matmuls_only_bytes": matmul_bytes,
     },
     "jaxsteer": {
       "prefill_tokens_per_s": j_prefill,
       "decode_tokens_per_s": j_dec,
       "prefill_fraction_of_bound": j_prefill / prefill_bound,
       "decode_fraction_of_bound": _ratio(j_dec, decode_bound),
+      "decode_fraction_of_matmuls_only": _ratio(j_dec, mm_ceiling),
       "prefill_compile_s": j_first - j_pre,
       "generate_compile_s": j_gfirst - j_gen,
       "prefill_s": j_pre,
