@@ -34,17 +34,21 @@ affects them alike.
   indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
   before quoting a number.
 
-Published runs (Llama, small shape, one pinned core, load average 1.0-1.2, calls alternated):
-``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.81 of the FLOP
-bound, 1.13x transformers; decode 0.65 of the read bound, 1.47x transformers) and
-``bench_models_llama_small_prompt256.json`` (prefill 0.56, 0.81x transformers; decode 0.62,
-1.69x). Greedy decoding skips the vocabulary sort and random draws of sampling (``lax.cond`` on
-the temperature), the KV cache is kept in the layouts the attention dots read, and forwards and
-the decode loop compile without YNNPACK (``jaxsteer.compile_options``). The remaining decode gap
-is XLA's CPU matmul at 4 rows (weights read at 6-10 GB/s in isolation, where a 1-row matmul
-reads 12-24); with the weights stored transposed, ``W @ x^T`` read them 1.5x faster in an
-alternated microbenchmark (not done: it would need a second copy of every kernel). Runs before
-December 2026 let XLA use both cores; this host's speed varied 1.3-1.6x between sessions.
+Published runs (Llama, small shape, one pinned core, load average 0.7-1.1, calls alternated):
+``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.84 of the FLOP
+bound, 1.12x transformers; decode 0.64 of the read bound, 1.74x transformers, 0.86 of the
+matmuls-only rate) and ``bench_models_llama_small_prompt256.json`` (prefill 0.85x transformers;
+decode 0.61, 1.55x, 0.66 of the matmuls-only rate). Greedy decoding skips the vocabulary sort and
+random draws of sampling (``lax.cond`` on the temperature), the KV cache is kept in the layouts
+the attention dots read, and forwards and the decode loop compile without YNNPACK
+(``jaxsteer.compile_options``). The decode ceiling is XLA's CPU matmul at 4 rows: alone, it reads
+the weights at 0.72-0.80 of a streaming read of the same bytes (``decode_matmuls``). Tried and
+not kept: the weights stored transposed (``W @ x^T``: 1.1-1.6x faster in alternated
+microbenchmarks, which would need a second copy of every kernel); the weights in transparent huge
+pages (``madvise(MADV_COLLAPSE)``: 1.02-1.07x, within this host's noise); the attention of a
+decode step as multiply-and-reduce or with YNNPACK reductions (faster alone, not in the step).
+Runs before December 2026 let XLA use both cores; this host's speed varies 1.3-1.6x between
+sessions and from call to call.
 
 Usage::
 
@@ -143,15 +147,15 @@ def hf_cases(kw: dict) -> dict[str, tuple[str, str, dict]]:
 
 
 def _interleaved(fns: dict, repeats: int) -> dict:
-  """``{name: (first-call seconds, minimum steady-state seconds)}``, the calls of all ``fns``
-  alternated (``_bench_common.alternated_times``)."""
+  """``{name: (first-call seconds, minimum steady-state seconds, every steady-state second)}``,
+  the calls of all ``fns`` alternated (``_bench_common.alternated_times``)."""
   first = {}
   for k, fn in fns.items():
     t0 = time.perf_counter()
     fn()
     first[k] = time.perf_counter() - t0
   times = alternated_times(fns, repeats)
-  return {k: (first[k], float(np.min(times[k]["wall"]))) for k in fns}
+  return {k: (first[k], float(np.min(times[k]["wall"])), np.asarray(times[k]["wall"])) for k in fns}
 
 
 def _ratio(a, b):
@@ -285,7 +289,7 @@ def bench_arch(
       return hf(input_ids=t_ids, attention_mask=t_mask, use_cache=False).logits
 
   pre = _interleaved({"jax": jax_prefill, "hf": hf_prefill}, repeats)
-  (j_first, j_pre), (h_first, h_pre) = pre["jax"], pre["hf"]
+  (j_first, j_pre, _), (h_first, h_pre, _) = pre["jax"], pre["hf"]
   diff = float(np.abs(np.asarray(lm(j_ids, j_mask)) - hf_prefill().numpy()).max())
 
   # -- decode (greedy, KV cache, no early stop): time(new_tokens) - time(1) = new_tokens - 1 steps
@@ -324,10 +328,10 @@ def bench_arch(
     },
     repeats,
   )
-  (j_gfirst, j_gen), (_, j_gen1) = gen["jN"], gen["j1"]
+  (j_gfirst, j_gen, _), (_, j_gen1, _) = gen["jN"], gen["j1"]
   mm_step_s = gen["mm"][1] / mm_steps
   mm_ceiling = batch / mm_step_s
-  (_, h_gen), (_, h_gen1) = gen["hN"], gen["h1"]
+  (_, h_gen, _), (_, h_gen1, _) = gen["hN"], gen["h1"]
   same = bool(np.array_equal(jax_gen(new_tokens)(), hf_gen(new_tokens)()[:, prompt_len:].numpy()))
 
   pre_tokens = batch * prompt_len
@@ -361,7 +365,11 @@ def bench_arch(
       "decode_matmuls_only_fraction_of_bound": mm_ceiling / decode_bound,
       "decode_matmuls_only_GBps": matmul_bytes / mm_step_s / 1e9,
       # the same bytes streamed by the read probe, in the same alternation
-      "decode_matmuls_only_fraction_of_read": gen["read"][1] / mm_step_s,
+      # median over the alternation's rounds of (read time / matmul time per step): each round's
+      # pair ran back to back, so the host's drift cancels
+      "decode_matmuls_only_fraction_of_read": float(
+        np.median(gen["read"][2] / (gen["mm"][2] / mm_steps))
+      ),
       "decode_matmuls_only_bytes": matmul_bytes,
     },
     "jaxsteer": {
