@@ -35,21 +35,21 @@ affects them alike.
   indicative only, and a decode rate lost in the noise is ``None``. Rerun on a quiet machine
   before quoting a number.
 
-Published runs (Llama, small shape, one pinned core, load average 0.7-1.1, calls alternated):
-``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.84 of the FLOP
-bound, 1.12x transformers; decode 0.64 of the read bound, 1.74x transformers, 0.86 of the
-matmuls-only rate) and ``bench_models_llama_small_prompt256.json`` (prefill 0.85x transformers;
-decode 0.61, 1.55x, 0.66 of the matmuls-only rate). Greedy decoding skips the vocabulary sort and
-random draws of sampling (``lax.cond`` on the temperature), the KV cache is kept in the layouts
-the attention dots read, and forwards and the decode loop compile without YNNPACK
-(``jaxsteer.compile_options``). The decode ceiling is XLA's CPU matmul at 4 rows: alone, it reads
-the weights at 0.72-0.80 of a streaming read of the same bytes (``decode_matmuls``). Tried and
-not kept: the weights stored transposed (``W @ x^T``: 1.1-1.6x faster in alternated
-microbenchmarks, which would need a second copy of every kernel); the weights in transparent huge
-pages (``madvise(MADV_COLLAPSE)``: 1.02-1.07x, within this host's noise); the attention of a
-decode step as multiply-and-reduce or with YNNPACK reductions (faster alone, not in the step).
-Runs before December 2026 let XLA use both cores; this host's speed varies 1.3-1.6x between
-sessions and from call to call.
+Published runs (Llama, small shape, one pinned core, load average 0.1-1.1, calls alternated):
+``benchmarks/results/bench_models_llama_small.json`` (64-token prompts: prefill 0.75 of the FLOP
+bound, 1.15x transformers; decode 0.60 of the read bound, 1.60x transformers, 0.81 of the
+matmuls-only rate) and ``bench_models_llama_small_prompt256.json`` (prefill 0.69, 0.91x
+transformers; decode 0.63, 1.47x, 0.51 of the matmuls-only rate). Greedy decoding skips the
+vocabulary sort and random draws of sampling (``lax.cond`` on the temperature), the KV cache is
+kept in the layouts the attention dots read, and forwards and the decode loop compile without
+YNNPACK (``jaxsteer.compile_options``). The decode ceiling is XLA's CPU matmul at 4 rows: alone, it
+reads the weights at 0.72-0.84 of a streaming read of the same bytes over seven runs
+(``decode_matmuls``). Tried and not kept: the weights stored transposed (``W @ x^T``: 1.1-1.6x
+faster in alternated microbenchmarks, which would need a second copy of every kernel); the weights
+in transparent huge pages (``madvise(MADV_COLLAPSE)``: 1.02-1.07x, within this host's noise); the
+attention of a decode step as multiply-and-reduce or with YNNPACK reductions (faster alone, not in
+the step). Runs before December 2026 let XLA use both cores; this host's speed varies 1.3-1.6x
+between sessions and from call to call.
 
 Usage::
 
