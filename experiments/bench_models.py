@@ -70,6 +70,8 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -189,21 +191,32 @@ def set_prefill_bound(result: dict, tokens: int, matmul_gflops: float) -> None:
     result[fw]["prefill_fraction_of_bound"] = result[fw]["prefill_tokens_per_s"] / bound
 
 
-def measure_bounds() -> dict:
-  """Single-thread read bandwidth (GB/s) and float32 matmul peak (GFLOP/s) of this machine."""
+def measure_peak() -> dict:
+  """Single-thread float32 matmul peak (GFLOP/s): the best of XLA's and PyTorch's 1024^3."""
   from experiments._bench_common import matmul_peak
 
-  dram = read_bandwidth(2**30, repeats=5)  # 1 GiB: beyond any last-level cache here (300 MiB)
   peak = matmul_peak(1024, repeats=40, torch=True)
   return {
-    "read_GBps": dram,
     "matmul_GFLOPs": peak["best"] / 1e9,
     "matmul_GFLOPs_xla": peak["xla"] / 1e9,
     "matmul_GFLOPs_torch": peak["torch"] / 1e9,
   }
 
 
-def decode_matmuls(lm, batch: int, steps: int = 8):
+def measure_bounds() -> dict:
+  """Single-thread read bandwidth (GB/s) and float32 matmul peak (GFLOP/s) of this machine."""
+  dram = read_bandwidth(2**30, repeats=5)  # 1 GiB: beyond any last-level cache here (300 MiB)
+  return {"read_GBps": dram, **measure_peak()}
+
+
+class DecodeMatmuls(NamedTuple):
+  call: Callable[[], object]
+  lower: Callable[[], object]
+  steps: int
+  nbytes: int
+
+
+def decode_matmuls(lm, batch: int, steps: int = 8) -> DecodeMatmuls:
   """A jitted program of the decode step's matrix products alone: every 2-D weight of ``lm`` that
   a step multiplies (each kernel, and the tied token embedding as the output projection) times a
   ``(batch, in)`` activation, ``steps`` times in a ``lax.fori_loop`` as the decode loop runs
@@ -212,7 +225,8 @@ def decode_matmuls(lm, batch: int, steps: int = 8):
 
   ``batch * steps / time`` is the decode rate if everything but XLA's CPU matmuls at ``batch``
   rows were free: the ceiling a JAX program reaches on this machine without a custom kernel.
-  Returns ``(call, steps, bytes of the weights one step reads)``.
+  Returns ``DecodeMatmuls(call, lower, steps, nbytes)``: ``call()`` runs the ``steps`` and
+  waits, ``lower()`` lowers the same program, ``nbytes`` is what one step's weights weigh.
   """
   import jax
 
@@ -235,15 +249,18 @@ def decode_matmuls(lm, batch: int, steps: int = 8):
         x[:, : w.shape[1]] @ w.T if tied else x[:, : w.shape[0]] @ w
         for w, (_, tied) in zip(weights, mats)
       ]
-      # the next step depends on every output column (a sliced product could be pruned)
+      # every output feeds the next step: no product is dead code
       return x + 1e-6 * sum(o.sum(-1, keepdims=True) for o in outs)
 
     return jax.lax.fori_loop(0, steps, step, x)
 
   fn = compile_options.jit(run_steps, kind="decode")
-  call = lambda: jax.block_until_ready(fn(x, weights))  # noqa: E731
-  call.lower = lambda: fn.lower(x, weights)  # for tests: the compiled program's dots
-  return call, steps, sum(w.nbytes for w in weights)
+  return DecodeMatmuls(
+    call=lambda: jax.block_until_ready(fn(x, weights)),
+    lower=lambda: fn.lower(x, weights),
+    steps=steps,
+    nbytes=sum(w.nbytes for w in weights),
+  )
 
 
 def model_costs(cfg, batch: int, prompt_len: int, new_tokens: int) -> dict:
@@ -323,7 +340,8 @@ def bench_arch(
 
     return go
 
-  matmuls, mm_steps, matmul_bytes = decode_matmuls(lm, batch, steps=new_tokens)
+  mm = decode_matmuls(lm, batch, steps=new_tokens)
+  mm_steps, matmul_bytes = mm.steps, mm.nbytes
   # the read probe over the same bytes, alternated with the matmuls: their ratio is immune to
   # the host's drift (BLAS's dot of an array with itself: each element read once)
   probe = np.ones(matmul_bytes // 4, np.float32)
@@ -333,7 +351,7 @@ def bench_arch(
       "j1": jax_gen(1),
       "hN": hf_gen(new_tokens),
       "h1": hf_gen(1),
-      "mm": matmuls,
+      "mm": mm.call,
       "read": lambda: probe.dot(probe),
     },
     repeats,
@@ -453,13 +471,9 @@ def run(
   # The matmul peak probed again after the models: on this host a probe can read 20 % low for a
   # while (128 vs 158 GFLOP/s minutes apart), which would flatter every prefill fraction; the
   # peak is the larger probe and the prefill bounds follow it.
-  from experiments._bench_common import matmul_peak
-
-  late = matmul_peak(1024, repeats=40, torch=True)
-  bounds["matmul_GFLOPs_probes"] = [bounds["matmul_GFLOPs"], late["best"] / 1e9]
-  for k in ("xla", "torch"):
-    bounds[f"matmul_GFLOPs_{k}"] = max(bounds[f"matmul_GFLOPs_{k}"], late[k] / 1e9)
-  bounds["matmul_GFLOPs"] = max(bounds["matmul_GFLOPs_probes"])
+  late = measure_peak()
+  bounds["matmul_GFLOPs_probes"] = [bounds["matmul_GFLOPs"], late["matmul_GFLOPs"]]
+  bounds.update({k: max(bounds[k], v) for k, v in late.items()})
   for r in results:
     set_prefill_bound(r, shape["batch"] * shape["prompt_len"], bounds["matmul_GFLOPs"])
   load_after = os.getloadavg()

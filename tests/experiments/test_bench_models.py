@@ -26,13 +26,13 @@ def test_decode_matmuls_multiply_every_weight_of_a_step(arch, tmp_path):
   )
   lm = jaxsteer.load(str(tmp_path), dtype="float32")
   batch = 4
-  call, steps, nbytes = bench_models.decode_matmuls(lm, batch, steps=3)
-  params = bench_models.model_costs(lm.config, batch, 8, steps)["matmul_params"]
-  assert nbytes == 4 * params
-  cost = call.lower().compile().cost_analysis()
+  mm = bench_models.decode_matmuls(lm, batch, steps=3)
+  params = bench_models.model_costs(lm.config, batch, 8, mm.steps)["matmul_params"]
+  assert mm.nbytes == 4 * params
+  cost = mm.lower().compile().cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   # XLA's cost analysis counts the loop body once or per step; either way every product is whole
   assert cost["flops"] >= 2 * batch * params
-  out = np.asarray(call())
+  out = np.asarray(mm.call())
   assert out.shape[0] == batch and np.isfinite(out).all()
   assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(lm.params))  # nothing donated
